@@ -1,0 +1,33 @@
+# plugin-reconciler — every target is listed by `make help`.
+SHELL := /bin/bash
+GO    ?= go
+PKGS  := ./...
+
+.DEFAULT_GOAL := help
+.PHONY: help deps test test-short lint demo worker bench
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install what the tests and the demo need (openssh-server, curl; the box login user)
+	@command -v /usr/sbin/sshd >/dev/null && command -v curl >/dev/null && command -v flock >/dev/null || { \
+	  echo "installing openssh-server curl util-linux"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server curl util-linux >/dev/null; }
+	@if [ "$$(id -u)" = 0 ]; then \
+	  id pluginbox >/dev/null 2>&1 || useradd --system --create-home --shell /bin/sh pluginbox; \
+	  usermod -p '*' pluginbox; \
+	fi
+	@test -x /usr/lib/postgresql/15/bin/initdb || { \
+	  echo "installing postgresql-15"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; }
+
+test: deps ## run every test: unit, integration, end to end (starts what they need)
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 45m $(PKGS)
+
+test-short: ## run the tests that start no external processes
+	$(GO) test -count=1 -short $(PKGS)
+
+lint: ## go vet and gofmt check
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

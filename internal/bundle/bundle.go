@@ -1,0 +1,259 @@
+// Package bundle packs a plugin directory into a deterministic tar.gz and
+// checks a tar.gz before it is installed on a box. Pack and Check are two
+// sides of one format: what Pack makes, Check accepts.
+package bundle
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+)
+
+// MaxUnpacked caps a bundle's unpacked size (and so a gzip bomb's).
+const MaxUnpacked = 256 << 20
+
+// MaxEntries caps the number of entries in a bundle.
+const MaxEntries = 20000
+
+// epoch is the modification time of every packed entry, so that the same
+// files always pack to the same bytes.
+var epoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Digest is the "sha256:<hex>" digest of a packed bundle.
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Pack packs dir as a deterministic tar.gz: entries sorted, times, owners and
+// modes normalised, no gzip name or time. Regular files, directories and
+// relative symlinks are packed; anything else is an error.
+func Pack(dir string) ([]byte, error) {
+	var paths []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", dir, err)
+	}
+	sort.Strings(paths)
+
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	tw := tar.NewWriter(zw)
+	for _, p := range paths {
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return nil, err
+		}
+		hdr := &tar.Header{Name: rel, ModTime: epoch, Format: tar.FormatPAX}
+		switch {
+		case fi.Mode().IsRegular():
+			hdr.Typeflag, hdr.Size, hdr.Mode = tar.TypeReg, fi.Size(), 0o644
+			if fi.Mode()&0o111 != 0 {
+				hdr.Mode = 0o755
+			}
+		case fi.IsDir():
+			hdr.Typeflag, hdr.Mode, hdr.Name = tar.TypeDir, 0o755, rel+"/"
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return nil, err
+			}
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, target, 0o777
+		default:
+			return nil, fmt.Errorf("pack %s: %s is neither a file, a directory nor a symlink", dir, rel)
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, err
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			f, err := os.Open(p)
+			if err != nil {
+				return nil, err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	if _, err := Check(buf.Bytes()); err != nil {
+		return nil, fmt.Errorf("pack %s: %w", dir, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ErrRejected is wrapped by every Check failure.
+var ErrRejected = errors.New("bundle rejected")
+
+func reject(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
+}
+
+// Check reads a whole bundle and returns its manifest if the bundle is safe
+// to unpack into a plugin directory: a gzip'd tar of regular files,
+// directories and symlinks, every path relative and inside, no link leaving
+// the directory, no entry written through a symlink, no duplicates, no
+// device files, no set-id bits, no data after the archive, sizes that hold,
+// and a plugin.yaml at the top that parses.
+func Check(data []byte) (plugin.Manifest, error) {
+	var m plugin.Manifest
+	br := bytes.NewReader(data)
+	zr, err := gzip.NewReader(br)
+	if err != nil {
+		return m, reject("not gzip: %v", err)
+	}
+	zr.Multistream(false)
+	tr := tar.NewReader(zr)
+	seen := map[string]byte{} // clean path -> type flag
+	var total int64
+	var manifest []byte
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return m, reject("corrupt tar: %v", err)
+		}
+		if n >= MaxEntries {
+			return m, reject("more than %d entries", MaxEntries)
+		}
+		name, err := entryPath(hdr.Name)
+		if err != nil {
+			return m, err
+		}
+		if _, dup := seen[name]; dup {
+			return m, reject("duplicate entry %q", name)
+		}
+		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
+			if seen[dir] == tar.TypeSymlink {
+				return m, reject("entry %q is written through symlink %q", name, dir)
+			}
+		}
+		if hdr.Mode&(0o4000|0o2000) != 0 {
+			return m, reject("entry %q has a set-id bit", name)
+		}
+		switch hdr.Typeflag {
+		case tar.TypeReg:
+			if hdr.Size < 0 || total+hdr.Size > MaxUnpacked {
+				return m, reject("unpacked size exceeds %d bytes", MaxUnpacked)
+			}
+			total += hdr.Size
+			var w io.Writer = io.Discard
+			var mbuf bytes.Buffer
+			if name == plugin.ManifestFile {
+				w = &mbuf
+			}
+			got, err := io.Copy(w, tr)
+			if err != nil {
+				return m, reject("entry %q is cut short (declares %d bytes): %v", name, hdr.Size, err)
+			}
+			if got != hdr.Size {
+				return m, reject("entry %q holds %d bytes, declares %d", name, got, hdr.Size)
+			}
+			if name == plugin.ManifestFile {
+				manifest = mbuf.Bytes()
+			}
+		case tar.TypeDir:
+		case tar.TypeSymlink:
+			if path.IsAbs(hdr.Linkname) {
+				return m, reject("symlink %q points to absolute path %q", name, hdr.Linkname)
+			}
+			if t := path.Join(path.Dir(name), hdr.Linkname); t == ".." || strings.HasPrefix(t, "../") {
+				return m, reject("symlink %q points outside the plugin: %q", name, hdr.Linkname)
+			}
+		case tar.TypeLink:
+			target, err := entryPath(hdr.Linkname)
+			if err != nil {
+				return m, reject("hard link %q points outside the plugin: %q", name, hdr.Linkname)
+			}
+			if seen[target] != tar.TypeReg {
+				return m, reject("hard link %q must point to an earlier file, not %q", name, hdr.Linkname)
+			}
+		default:
+			return m, reject("entry %q has type %q: only files, directories and links are allowed", name, hdr.Typeflag)
+		}
+		seen[name] = hdr.Typeflag
+	}
+	// After the archive's end there may only be tar's zero padding.
+	if _, err := io.Copy(io.Discard, zeroCheck{zr}); err != nil {
+		return m, reject("data after the archive: %v", err)
+	}
+	// bytes.Reader is an io.ByteReader, so gzip reads no further than its
+	// stream: what is left is a second stream or garbage.
+	if br.Len() != 0 {
+		return m, reject("%d bytes after the gzip stream", br.Len())
+	}
+	if seen[plugin.ManifestFile] != tar.TypeReg {
+		return m, reject("no regular file %s at the top", plugin.ManifestFile)
+	}
+	m, err = plugin.ParseManifest(manifest)
+	if err != nil {
+		return m, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return m, nil
+}
+
+// entryPath normalises an entry name and refuses names that leave the
+// plugin directory.
+func entryPath(name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, 0) || strings.Contains(name, "\\") {
+		return "", reject("bad entry name %q", name)
+	}
+	if path.IsAbs(name) {
+		return "", reject("entry %q has an absolute path", name)
+	}
+	for _, part := range strings.Split(strings.TrimSuffix(name, "/"), "/") {
+		if part == ".." {
+			return "", reject("entry %q leaves the plugin directory", name)
+		}
+	}
+	clean := path.Clean(name)
+	if clean == "." {
+		return "", reject("entry %q names the plugin directory itself", name)
+	}
+	return clean, nil
+}
+
+type zeroCheck struct{ r io.Reader }
+
+func (z zeroCheck) Read(p []byte) (int, error) {
+	n, err := z.r.Read(p)
+	for _, b := range p[:n] {
+		if b != 0 {
+			return n, errors.New("non-zero bytes")
+		}
+	}
+	return n, err
+}

@@ -1,0 +1,226 @@
+// Package eic reaches boxes the way EC2 Instance Connect does: look the
+// instance up with EC2 DescribeInstances, push a fresh in-memory ed25519 key
+// with SendSSHPublicKey (valid 60 s), then open SSH, either directly to the
+// private address or through an EC2 Instance Connect Endpoint tunnel. Host
+// keys are verified (pinned, or trusted on first use and pinned from then on).
+//
+// One SSH connection per box is kept per process, shared by concurrent
+// callers and closed when idle, so reconciling N plugins on a box costs one
+// key push and one handshake. On top of it sit the remote operations the
+// reconciler needs: read a manifest, install a bundle atomically, read the
+// runtime identity, restart the runtime, reboot the instance.
+package eic
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
+)
+
+// Target is one box: where it is, who to log in as, and how to trust it.
+type Target struct {
+	InstanceID       string
+	Region           string // empty: the clients' region
+	AvailabilityZone string // empty: as DescribeInstances reports it
+	OSUser           string
+	// HostKey is the pinned host key in authorized_keys format; empty means
+	// trust on first use (see Config.RecordHostKey).
+	HostKey    string
+	PluginRoot string
+}
+
+var (
+	instanceIDRE = regexp.MustCompile(`^i-[a-f0-9]{8,17}$`)
+	osUserRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	pluginRootRE = regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`)
+)
+
+// Validate checks every field that reaches a remote command or an AWS call.
+func (t Target) Validate() error {
+	switch {
+	case !instanceIDRE.MatchString(t.InstanceID):
+		return fmt.Errorf("instance id %q is not an EC2 instance id", t.InstanceID)
+	case !osUserRE.MatchString(t.OSUser):
+		return fmt.Errorf("os user %q is not a valid user name", t.OSUser)
+	case !pluginRootRE.MatchString(t.PluginRoot) || path.Clean(t.PluginRoot) != t.PluginRoot || strings.Contains(t.PluginRoot, "/../"):
+		return fmt.Errorf("plugin root %q must be a clean absolute path", t.PluginRoot)
+	}
+	return nil
+}
+
+// Mode is how the worker reaches a box's sshd.
+type Mode string
+
+const (
+	// Direct connects to the instance's private address (workers in the VPC).
+	Direct Mode = "direct"
+	// Endpoint connects through an EC2 Instance Connect Endpoint tunnel.
+	Endpoint Mode = "endpoint"
+)
+
+// EC2API is the part of the EC2 client box access uses.
+type EC2API interface {
+	DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+	RebootInstances(context.Context, *ec2.RebootInstancesInput, ...func(*ec2.Options)) (*ec2.RebootInstancesOutput, error)
+}
+
+// InstanceConnectAPI is the part of the EC2 Instance Connect client box
+// access uses.
+type InstanceConnectAPI interface {
+	SendSSHPublicKey(context.Context, *ec2instanceconnect.SendSSHPublicKeyInput, ...func(*ec2instanceconnect.Options)) (*ec2instanceconnect.SendSSHPublicKeyOutput, error)
+}
+
+// Config configures box access.
+type Config struct {
+	EC2             EC2API
+	InstanceConnect InstanceConnectAPI
+
+	Mode Mode
+	Port int // sshd port on the box; default 22
+
+	// Endpoint mode: the EC2 Instance Connect Endpoint to tunnel through.
+	EndpointID string
+	// EndpointURL overrides the endpoint's websocket base URL (default
+	// wss://<EndpointID>.ec2-instance-connect-endpoint.<region>.amazonaws.com).
+	EndpointURL string
+	// Credentials and Region sign the tunnel URL (SigV4, presigned).
+	Credentials aws.CredentialsProvider
+	Region      string
+
+	// RecordHostKey is called on trust-on-first-use with the key a box
+	// presented (authorized_keys format). It must store it and return an error
+	// if a different key is already stored, which fails the connection.
+	RecordHostKey func(ctx context.Context, instanceID, hostKey string) error
+
+	// RestartCommand restarts the box's agent runtime; IdentityCommand prints
+	// an identifier that changes on every runtime start (a systemd unit's
+	// InvocationID, or the boot id). Both come from the operator's
+	// configuration, never from workflow input.
+	RestartCommand  string
+	IdentityCommand string
+
+	IdleTimeout time.Duration // close a connection unused this long; default 30 s
+	KeepAlive   time.Duration // default 10 s
+	// MaxSessions bounds concurrent sessions on one connection; sshd's
+	// default MaxSessions is 10. Default 8.
+	MaxSessions int
+	DialTimeout time.Duration // default 20 s
+
+	// NoReuse opens a new connection, with a new key push, for every
+	// operation: the naive access path, kept only to measure against.
+	NoReuse bool
+
+	Logger *slog.Logger
+}
+
+// Default runtime commands for a box whose agent runtime is a systemd unit.
+const (
+	DefaultRestartCommand  = "sudo systemctl restart agent-runtime.service"
+	DefaultIdentityCommand = "systemctl show --property=InvocationID --value agent-runtime.service"
+)
+
+func (c *Config) setDefaults() error {
+	if c.EC2 == nil || c.InstanceConnect == nil {
+		return errors.New("eic config: EC2 and InstanceConnect clients are required")
+	}
+	switch c.Mode {
+	case "":
+		c.Mode = Direct
+	case Direct:
+	case Endpoint:
+		if c.EndpointID == "" && c.EndpointURL == "" {
+			return errors.New("eic config: endpoint mode needs an endpoint id")
+		}
+		if c.Credentials == nil {
+			return errors.New("eic config: endpoint mode needs credentials to sign the tunnel")
+		}
+	default:
+		return fmt.Errorf("eic config: unknown mode %q (want direct or endpoint)", c.Mode)
+	}
+	if c.Port == 0 {
+		c.Port = 22
+	}
+	if c.RestartCommand == "" {
+		c.RestartCommand = DefaultRestartCommand
+	}
+	if c.IdentityCommand == "" {
+		c.IdentityCommand = DefaultIdentityCommand
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 30 * time.Second
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 10 * time.Second
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = 8
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 20 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Errors a caller must tell apart: the permanent ones are worth failing a
+// workflow step for without retrying.
+
+// ErrNotFound is returned when a remote file does not exist.
+var ErrNotFound = errors.New("not found")
+
+// HostKeyMismatchError: the box presented a host key other than the pinned
+// one. Permanent and a security event.
+type HostKeyMismatchError struct {
+	InstanceID string
+	Want, Got  string // SHA256 fingerprints
+}
+
+func (e *HostKeyMismatchError) Error() string {
+	return fmt.Sprintf("host key mismatch on %s: pinned %s, presented %s", e.InstanceID, e.Want, e.Got)
+}
+
+// InstanceStateError: the instance is not running (stopped, terminated, …).
+// Permanent for a reconcile.
+type InstanceStateError struct {
+	InstanceID, State string
+}
+
+func (e *InstanceStateError) Error() string {
+	return fmt.Sprintf("instance %s is %s, not running", e.InstanceID, e.State)
+}
+
+// UnknownInstanceError: EC2 does not know the instance. Permanent.
+type UnknownInstanceError struct {
+	InstanceID string
+}
+
+func (e *UnknownInstanceError) Error() string {
+	return fmt.Sprintf("instance %s does not exist", e.InstanceID)
+}
+
+// BundleError: a plugin bundle was refused before anything was written.
+// Permanent: the same bundle fails the same way.
+type BundleError struct {
+	Plugin, Reason string
+}
+
+func (e *BundleError) Error() string {
+	return fmt.Sprintf("bundle for %s rejected: %s", e.Plugin, e.Reason)
+}
+
+// Stats counts the expensive steps of box access.
+type Stats struct {
+	KeyPushes  int64
+	Handshakes int64
+}

@@ -1,0 +1,27 @@
+// Package fleettest starts a fake AWS endpoint and a simulated fleet for a
+// test, and stops both when it ends.
+package fleettest
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+)
+
+// Region is the region of every test fleet.
+const Region = "us-east-1"
+
+// New starts a fake AWS endpoint and an empty fleet on it.
+func New(t testing.TB) *fleet.Fleet {
+	t.Helper()
+	aws, err := fakeaws.Start(Region)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = aws.Close() })
+	f, err := fleet.New(aws)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = f.Close() })
+	return f
+}
