@@ -1,0 +1,373 @@
+// Package store is the reconciler's Postgres access: workspaces, tracking
+// rows, restart marks and the restart ledger. Every write is an upsert or a
+// guarded update, so that running any activity twice leaves the same rows.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// ErrNotFound: no such workspace.
+var ErrNotFound = errors.New("not found")
+
+// ErrHostKeyConflict: a different host key is already pinned.
+var ErrHostKeyConflict = errors.New("a different host key is already pinned")
+
+// Store is a pgx pool with the reconciler's queries.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects to dsn.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Workspace is a workspace and its box.
+type Workspace struct {
+	ID                  string
+	InstanceID          string
+	Region              string
+	AvailabilityZone    string
+	OSUser              string
+	PluginRoot          string
+	HostKey             string // empty: not pinned yet
+	RestartPendingSince *time.Time
+	Status              string
+}
+
+// Defaults of a workspace's box settings.
+const (
+	DefaultOSUser     = "ubuntu"
+	DefaultPluginRoot = "/opt/agent/plugins"
+)
+
+// UpsertWorkspace registers a workspace's box or updates its coordinates.
+// It never touches the pinned host key or the pending restart.
+func (s *Store) UpsertWorkspace(ctx context.Context, w Workspace) error {
+	if w.OSUser == "" {
+		w.OSUser = DefaultOSUser
+	}
+	if w.PluginRoot == "" {
+		w.PluginRoot = DefaultPluginRoot
+	}
+	if w.Status == "" {
+		w.Status = "active"
+	}
+	_, err := s.pool.Exec(ctx, `
+insert into workspaces (id, instance_id, region, availability_zone, os_user, plugin_root, host_key, status)
+values ($1, $2, $3, $4, $5, $6, nullif($7, ''), $8)
+on conflict (id) do update set
+  instance_id = excluded.instance_id, region = excluded.region,
+  availability_zone = excluded.availability_zone, os_user = excluded.os_user,
+  plugin_root = excluded.plugin_root, status = excluded.status,
+  host_key = coalesce(excluded.host_key, workspaces.host_key),
+  updated_at = now()`,
+		w.ID, w.InstanceID, w.Region, w.AvailabilityZone, w.OSUser, w.PluginRoot, w.HostKey, w.Status)
+	if err != nil {
+		return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
+	}
+	return nil
+}
+
+// Workspace loads a workspace.
+func (s *Store) Workspace(ctx context.Context, id string) (Workspace, error) {
+	var w Workspace
+	var hostKey *string
+	err := s.pool.QueryRow(ctx, `
+select id, instance_id, region, availability_zone, os_user, plugin_root, host_key, restart_pending_since, status
+from workspaces where id = $1`, id).Scan(
+		&w.ID, &w.InstanceID, &w.Region, &w.AvailabilityZone, &w.OSUser, &w.PluginRoot, &hostKey, &w.RestartPendingSince, &w.Status)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return w, fmt.Errorf("workspace %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return w, fmt.Errorf("load workspace %s: %w", id, err)
+	}
+	if hostKey != nil {
+		w.HostKey = *hostKey
+	}
+	return w, nil
+}
+
+// RecordHostKey pins a box's host key on first use. Recording the same key
+// again is a no-op; a different key is ErrHostKeyConflict.
+func (s *Store) RecordHostKey(ctx context.Context, instanceID, key string) error {
+	var pinned *string
+	err := s.pool.QueryRow(ctx, `
+with upd as (
+  update workspaces set host_key = $2, updated_at = now()
+  where instance_id = $1 and host_key is null
+  returning host_key)
+select coalesce((select host_key from upd), (select host_key from workspaces where instance_id = $1))`,
+		instanceID, key).Scan(&pinned)
+	if err != nil {
+		return fmt.Errorf("record host key of %s: %w", instanceID, err)
+	}
+	if pinned == nil {
+		return fmt.Errorf("record host key of %s: no workspace has this instance: %w", instanceID, ErrNotFound)
+	}
+	if *pinned != key {
+		return fmt.Errorf("record host key of %s: %w", instanceID, ErrHostKeyConflict)
+	}
+	return nil
+}
+
+// Tracking is one tracking row.
+type Tracking struct {
+	WorkspaceID    string
+	PluginName     string
+	Version        string
+	Digest         string
+	InstalledVia   string // "boot" or "reconcile"
+	FirstSeenAt    time.Time
+	LastVerifiedAt time.Time
+	DeliveredAt    *time.Time
+	WorkflowID     string
+	RunID          string
+}
+
+// RecordTracking upserts a tracking row. A row written for a plugin found on
+// the box ("boot") keeps "reconcile" if that same version was delivered by
+// us; a delivery ("reconcile") sets delivered_at.
+func (s *Store) RecordTracking(ctx context.Context, t Tracking) error {
+	_, err := s.pool.Exec(ctx, `
+insert into workspace_plugins (workspace_id, plugin_name, version, digest, installed_via, delivered_at, last_workflow_id, last_run_id)
+values ($1, $2, $3, $4, $5, case when $5 = 'reconcile' then now() end, $6, $7)
+on conflict (workspace_id, plugin_name) do update set
+  installed_via = case
+    when excluded.installed_via = 'boot' and workspace_plugins.version = excluded.version
+      then workspace_plugins.installed_via
+    else excluded.installed_via end,
+  delivered_at = case
+    when excluded.installed_via = 'reconcile' then now()
+    when workspace_plugins.version = excluded.version then workspace_plugins.delivered_at
+    end,
+  version = excluded.version,
+  digest = case when excluded.digest <> '' then excluded.digest
+    when workspace_plugins.version = excluded.version then workspace_plugins.digest
+    else '' end,
+  last_verified_at = now(),
+  last_workflow_id = excluded.last_workflow_id,
+  last_run_id = excluded.last_run_id`,
+		t.WorkspaceID, t.PluginName, t.Version, t.Digest, t.InstalledVia, t.WorkflowID, t.RunID)
+	if err != nil {
+		return fmt.Errorf("record tracking %s/%s: %w", t.WorkspaceID, t.PluginName, err)
+	}
+	return nil
+}
+
+// TrackingRows lists a workspace's tracking rows by plugin name.
+func (s *Store) TrackingRows(ctx context.Context, workspaceID string) ([]Tracking, error) {
+	rows, err := s.pool.Query(ctx, `
+select workspace_id, plugin_name, version, digest, installed_via, first_seen_at, last_verified_at, delivered_at, last_workflow_id, last_run_id
+from workspace_plugins where workspace_id = $1 order by plugin_name`, workspaceID)
+	if err != nil {
+		return nil, fmt.Errorf("tracking rows of %s: %w", workspaceID, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tracking, error) {
+		var t Tracking
+		err := r.Scan(&t.WorkspaceID, &t.PluginName, &t.Version, &t.Digest, &t.InstalledVia, &t.FirstSeenAt, &t.LastVerifiedAt, &t.DeliveredAt, &t.WorkflowID, &t.RunID)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tracking rows of %s: %w", workspaceID, err)
+	}
+	return out, nil
+}
+
+// MarkRestartPending records, before a delivery touches the box, that the
+// box may need a restart. The mark's identity is reset: until SealRestartMark
+// the swap counts as unverified.
+func (s *Store) MarkRestartPending(ctx context.Context, workspaceID, pluginName string) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `
+update workspaces set restart_pending_since = coalesce(restart_pending_since, now()), updated_at = now()
+where id = $1`, workspaceID); err != nil {
+		return fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
+	}
+	if _, err := tx.Exec(ctx, `
+insert into restart_marks (workspace_id, plugin_name) values ($1, $2)
+on conflict (workspace_id, plugin_name) do update set marked_at = now(), identity_after = null`,
+		workspaceID, pluginName); err != nil {
+		return fmt.Errorf("mark restart pending for %s/%s: %w", workspaceID, pluginName, err)
+	}
+	return tx.Commit(ctx)
+}
+
+// SealRestartMark stores the runtime identity read after a plugin was swapped
+// in.
+func (s *Store) SealRestartMark(ctx context.Context, workspaceID, pluginName, identity string) error {
+	_, err := s.pool.Exec(ctx, `
+update restart_marks set identity_after = $3 where workspace_id = $1 and plugin_name = $2`,
+		workspaceID, pluginName, identity)
+	if err != nil {
+		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
+	}
+	return nil
+}
+
+// Mark is one delivered plugin awaiting a restart.
+type Mark struct {
+	PluginName    string
+	MarkedAt      time.Time
+	IdentityAfter string // empty: the swap was not verified
+}
+
+// RestartState is what the store knows about a box's pending restart.
+type RestartState struct {
+	PendingSince *time.Time
+	Marks        []Mark
+}
+
+// RestartState reads a workspace's pending restart and its marks.
+func (s *Store) RestartState(ctx context.Context, workspaceID string) (RestartState, error) {
+	var st RestartState
+	if err := s.pool.QueryRow(ctx, `select restart_pending_since from workspaces where id = $1`, workspaceID).Scan(&st.PendingSince); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return st, fmt.Errorf("workspace %s: %w", workspaceID, ErrNotFound)
+		}
+		return st, fmt.Errorf("restart state of %s: %w", workspaceID, err)
+	}
+	rows, err := s.pool.Query(ctx, `
+select plugin_name, marked_at, coalesce(identity_after, '') from restart_marks where workspace_id = $1 order by plugin_name`, workspaceID)
+	if err != nil {
+		return st, fmt.Errorf("restart marks of %s: %w", workspaceID, err)
+	}
+	st.Marks, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Mark, error) {
+		var m Mark
+		err := r.Scan(&m.PluginName, &m.MarkedAt, &m.IdentityAfter)
+		return m, err
+	})
+	if err != nil {
+		return st, fmt.Errorf("restart marks of %s: %w", workspaceID, err)
+	}
+	return st, nil
+}
+
+// Restart is one row of the restart ledger.
+type Restart struct {
+	WorkspaceID    string
+	WorkflowID     string
+	RunID          string
+	Reason         string
+	Mode           string
+	RequestedAt    time.Time
+	CompletedAt    *time.Time
+	IdentityBefore string
+	IdentityAfter  string
+}
+
+// BeginRestart records a restart request, once per run: a retry gets the row
+// its first attempt wrote, with that attempt's identity_before.
+func (s *Store) BeginRestart(ctx context.Context, r Restart) (Restart, error) {
+	var out Restart
+	var after *string
+	err := s.pool.QueryRow(ctx, `
+with ins as (
+  insert into box_restarts (workspace_id, workflow_id, run_id, reason, mode, identity_before)
+  values ($1, $2, $3, $4, $5, $6)
+  on conflict (workspace_id, workflow_id, run_id) do nothing
+  returning workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, identity_after)
+select * from ins
+union all
+select workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, identity_after
+from box_restarts where workspace_id = $1 and workflow_id = $2 and run_id = $3 and not exists (select 1 from ins)`,
+		r.WorkspaceID, r.WorkflowID, r.RunID, r.Reason, r.Mode, r.IdentityBefore).Scan(
+		&out.WorkspaceID, &out.WorkflowID, &out.RunID, &out.Reason, &out.Mode, &out.RequestedAt, &out.CompletedAt, &out.IdentityBefore, &after)
+	if err != nil {
+		return out, fmt.Errorf("begin restart of %s: %w", r.WorkspaceID, err)
+	}
+	if after != nil {
+		out.IdentityAfter = *after
+	}
+	return out, nil
+}
+
+// CompleteRestart closes a ledger row and clears the marks the restart
+// covered (those made before it was requested); the workspace's pending
+// restart is cleared when no mark is left.
+func (s *Store) CompleteRestart(ctx context.Context, r Restart, identityAfter string) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("complete restart of %s: %w", r.WorkspaceID, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `
+update box_restarts set completed_at = coalesce(completed_at, now()), identity_after = $4
+where workspace_id = $1 and workflow_id = $2 and run_id = $3`,
+		r.WorkspaceID, r.WorkflowID, r.RunID, identityAfter); err != nil {
+		return fmt.Errorf("complete restart of %s: %w", r.WorkspaceID, err)
+	}
+	if err := clearMarks(ctx, tx, r.WorkspaceID, r.RequestedAt); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// ClearRestartPending clears marks made at or before upTo without a restart:
+// the runtime already restarted after those deliveries.
+func (s *Store) ClearRestartPending(ctx context.Context, workspaceID string, upTo time.Time) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("clear restart pending of %s: %w", workspaceID, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := clearMarks(ctx, tx, workspaceID, upTo); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func clearMarks(ctx context.Context, tx pgx.Tx, workspaceID string, upTo time.Time) error {
+	if _, err := tx.Exec(ctx, `delete from restart_marks where workspace_id = $1 and marked_at <= $2`, workspaceID, upTo); err != nil {
+		return fmt.Errorf("clear restart marks of %s: %w", workspaceID, err)
+	}
+	if _, err := tx.Exec(ctx, `
+update workspaces set restart_pending_since = null, updated_at = now()
+where id = $1 and restart_pending_since is not null
+  and not exists (select 1 from restart_marks where workspace_id = $1)`, workspaceID); err != nil {
+		return fmt.Errorf("clear restart pending of %s: %w", workspaceID, err)
+	}
+	return nil
+}
+
+// Restarts lists a workspace's ledger rows, oldest first.
+func (s *Store) Restarts(ctx context.Context, workspaceID string) ([]Restart, error) {
+	rows, err := s.pool.Query(ctx, `
+select workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, coalesce(identity_after, '')
+from box_restarts where workspace_id = $1 order by requested_at`, workspaceID)
+	if err != nil {
+		return nil, fmt.Errorf("restarts of %s: %w", workspaceID, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Restart, error) {
+		var x Restart
+		err := r.Scan(&x.WorkspaceID, &x.WorkflowID, &x.RunID, &x.Reason, &x.Mode, &x.RequestedAt, &x.CompletedAt, &x.IdentityBefore, &x.IdentityAfter)
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restarts of %s: %w", workspaceID, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,198 @@
+package store_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
+	"github.com/plugin-reconciler/plugin-reconciler/migrations"
+)
+
+func TestMain(m *testing.M) { pgcluster.TestMain(m) }
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func open(t *testing.T) *store.Store {
+	t.Helper()
+	dsn := pgcluster.NewTestDatabase(t)
+	_, err := migrations.Apply(ctx(t), dsn)
+	require.NoError(t, err)
+	s, err := store.Open(ctx(t), dsn)
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func addWorkspace(t *testing.T, s *store.Store, id, instance string) {
+	t.Helper()
+	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: id, InstanceID: instance, Region: "us-east-1"}))
+}
+
+func TestMigrationsApplyOnceWhenRacing(t *testing.T) {
+	dsn := pgcluster.NewTestDatabase(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	versions := make([]int32, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() { defer wg.Done(); versions[i], errs[i] = migrations.Apply(ctx(t), dsn) }()
+	}
+	wg.Wait()
+	for i := range errs {
+		require.NoError(t, errs[i])
+		require.Equal(t, int32(1), versions[i])
+	}
+}
+
+func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
+	s := open(t)
+	_, err := s.Workspace(ctx(t), "nope")
+	require.ErrorIs(t, err, store.ErrNotFound)
+
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	w, err := s.Workspace(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, "ubuntu", w.OSUser)
+	require.Equal(t, "/opt/agent/plugins", w.PluginRoot)
+	require.Empty(t, w.HostKey)
+	require.Nil(t, w.RestartPendingSince)
+
+	// Re-registering changes coordinates, keeps the pinned key.
+	require.NoError(t, s.RecordHostKey(ctx(t), "i-0123456789abcdef0", "ssh-ed25519 AAAA"))
+	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef0", Region: "eu-west-1", OSUser: "ec2-user"}))
+	w, err = s.Workspace(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, "eu-west-1", w.Region)
+	require.Equal(t, "ec2-user", w.OSUser)
+	require.Equal(t, "ssh-ed25519 AAAA", w.HostKey)
+
+	// Bad ids are refused by the schema.
+	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "../x", InstanceID: "i-0123456789abcdef1", Region: "r"}))
+	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ok", InstanceID: "i-; reboot", Region: "r"}))
+}
+
+func TestRecordHostKeyPinsOnce(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	require.NoError(t, s.RecordHostKey(ctx(t), "i-0123456789abcdef0", "ssh-ed25519 AAAA"))
+	require.NoError(t, s.RecordHostKey(ctx(t), "i-0123456789abcdef0", "ssh-ed25519 AAAA"), "same key again")
+	require.ErrorIs(t, s.RecordHostKey(ctx(t), "i-0123456789abcdef0", "ssh-ed25519 BBBB"), store.ErrHostKeyConflict)
+	require.ErrorIs(t, s.RecordHostKey(ctx(t), "i-0fffffffffffffff0", "ssh-ed25519 AAAA"), store.ErrNotFound)
+}
+
+func TestRecordTrackingIsAnIdempotentUpsert(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	boot := store.Tracking{WorkspaceID: "ws-1", PluginName: "gh", Version: "1.0.0", InstalledVia: "boot", WorkflowID: "wf", RunID: "r1"}
+	require.NoError(t, s.RecordTracking(ctx(t), boot))
+	require.NoError(t, s.RecordTracking(ctx(t), boot))
+	rows, err := s.TrackingRows(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, "boot", rows[0].InstalledVia)
+	require.Nil(t, rows[0].DeliveredAt)
+	first := rows[0].FirstSeenAt
+
+	// A delivery of a new version.
+	del := store.Tracking{WorkspaceID: "ws-1", PluginName: "gh", Version: "2.0.0", Digest: "sha256:aa", InstalledVia: "reconcile", WorkflowID: "wf", RunID: "r2"}
+	require.NoError(t, s.RecordTracking(ctx(t), del))
+	rows, err = s.TrackingRows(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, "reconcile", rows[0].InstalledVia)
+	require.NotNil(t, rows[0].DeliveredAt)
+	require.Equal(t, "2.0.0", rows[0].Version)
+	require.Equal(t, "r2", rows[0].RunID)
+	require.Equal(t, first, rows[0].FirstSeenAt)
+
+	// Found again later at that version: still ours, digest kept.
+	seen := store.Tracking{WorkspaceID: "ws-1", PluginName: "gh", Version: "2.0.0", InstalledVia: "boot", WorkflowID: "wf", RunID: "r3"}
+	require.NoError(t, s.RecordTracking(ctx(t), seen))
+	rows, err = s.TrackingRows(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, "reconcile", rows[0].InstalledVia)
+	require.Equal(t, "sha256:aa", rows[0].Digest)
+	require.NotNil(t, rows[0].DeliveredAt)
+
+	// Found at another version (installed by boot): boot, no delivery time.
+	other := store.Tracking{WorkspaceID: "ws-1", PluginName: "gh", Version: "3.0.0", InstalledVia: "boot", WorkflowID: "wf", RunID: "r4"}
+	require.NoError(t, s.RecordTracking(ctx(t), other))
+	rows, err = s.TrackingRows(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, "boot", rows[0].InstalledVia)
+	require.Nil(t, rows[0].DeliveredAt)
+	require.Empty(t, rows[0].Digest)
+}
+
+func TestRestartMarksAndLedger(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "b"))
+	require.NoError(t, s.SealRestartMark(ctx(t), "ws-1", "a", "id-1"))
+	st, err := s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.NotNil(t, st.PendingSince)
+	require.Len(t, st.Marks, 2)
+	require.Equal(t, "id-1", st.Marks[0].IdentityAfter)
+	require.Empty(t, st.Marks[1].IdentityAfter, "b's swap not verified")
+	since := *st.PendingSince
+
+	// Marking again keeps the first pending time and unseals the mark.
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	st, err = s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, since, *st.PendingSince)
+	require.Empty(t, st.Marks[0].IdentityAfter)
+
+	r := store.Restart{WorkspaceID: "ws-1", WorkflowID: "reconcile:ws-1", RunID: "run-1", Reason: "2 delivered", Mode: "runtime", IdentityBefore: "id-1"}
+	got, err := s.BeginRestart(ctx(t), r)
+	require.NoError(t, err)
+	require.Equal(t, "id-1", got.IdentityBefore)
+	// A retry with another identity gets the first attempt's row.
+	r2 := r
+	r2.IdentityBefore = "id-2"
+	again, err := s.BeginRestart(ctx(t), r2)
+	require.NoError(t, err)
+	require.Equal(t, "id-1", again.IdentityBefore)
+	require.Equal(t, got.RequestedAt, again.RequestedAt)
+
+	require.NoError(t, s.CompleteRestart(ctx(t), got, "id-2"))
+	require.NoError(t, s.CompleteRestart(ctx(t), got, "id-2"), "completing twice")
+	st, err = s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Nil(t, st.PendingSince)
+	require.Empty(t, st.Marks)
+	ledger, err := s.Restarts(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Len(t, ledger, 1)
+	require.Equal(t, "id-2", ledger[0].IdentityAfter)
+	require.NotNil(t, ledger[0].CompletedAt)
+}
+
+func TestClearKeepsMarksMadeAfterTheCutoff(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	st, err := s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	cutoff := st.Marks[0].MarkedAt
+	time.Sleep(10 * time.Millisecond)
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "b"))
+
+	require.NoError(t, s.ClearRestartPending(ctx(t), "ws-1", cutoff))
+	st, err = s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.NotNil(t, st.PendingSince, "b still needs its restart")
+	require.Len(t, st.Marks, 1)
+	require.Equal(t, "b", st.Marks[0].PluginName)
+}
