@@ -1,0 +1,214 @@
+// Package workflows holds the reconcile workflows and their contract: the
+// task queue, workflow IDs, inputs and results, signal and query names, and
+// the client helper that the provisioning workflow and the starter use.
+// Callers import only this file's names.
+package workflows
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+)
+
+// TaskQueue is the task queue the reconciler's workers poll.
+const TaskQueue = "plugin-reconcile"
+
+// SignalDeclare carries a newer declaration (Declaration) to a running
+// reconcile: its plugins are reconciled before the restart decision.
+const SignalDeclare = "declare"
+
+// QueryStatus returns a running reconcile's Status.
+const QueryStatus = "status"
+
+// MaxPlugins bounds a declaration.
+const MaxPlugins = 300
+
+// DefaultMaxParallel is how many plugins of one box are reconciled at once.
+const DefaultMaxParallel = 4
+
+// ReconcileWorkflowID is the workflow ID of a workspace's reconcile: one at a
+// time per workspace.
+func ReconcileWorkflowID(workspaceID string) string { return "reconcile:" + workspaceID }
+
+// PlanWorkflowID is the workflow ID of a workspace's dry run.
+func PlanWorkflowID(workspaceID string) string { return "reconcile-plan:" + workspaceID }
+
+// PluginWorkflowID is the deterministic ID of a plugin's child workflow.
+func PluginWorkflowID(parentID, pluginName string) string { return parentID + "/plugin:" + pluginName }
+
+// Plugin is a declared plugin.
+type Plugin struct {
+	Name    string
+	Version string
+	// Digest is optional: when both it and the box's manifest carry one,
+	// they must match for the plugin to count as present.
+	Digest string `json:",omitempty"`
+}
+
+func (p Plugin) String() string { return p.Name + "@" + p.Version }
+
+// ReconcileInput is ReconcileWorkspace's input.
+type ReconcileInput struct {
+	WorkspaceID string
+	Plugins     []Plugin
+	// DryRun probes only and reports the plan.
+	DryRun bool `json:",omitempty"`
+	// MaxParallel bounds concurrent plugin reconciles on the box (default
+	// DefaultMaxParallel).
+	MaxParallel int `json:",omitempty"`
+}
+
+// Declaration is the payload of SignalDeclare.
+type Declaration struct {
+	Plugins []Plugin
+}
+
+var workspaceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// Validate checks the input and names the first bad field.
+func (in ReconcileInput) Validate() error {
+	if !workspaceIDRE.MatchString(in.WorkspaceID) {
+		return fmt.Errorf("WorkspaceID %q must match %s", in.WorkspaceID, workspaceIDRE)
+	}
+	if in.MaxParallel < 0 || in.MaxParallel > 64 {
+		return fmt.Errorf("MaxParallel %d must be between 0 and 64", in.MaxParallel)
+	}
+	return validatePlugins(in.Plugins)
+}
+
+func validatePlugins(ps []Plugin) error {
+	if len(ps) == 0 {
+		return errors.New("Plugins: at least one plugin must be declared")
+	}
+	if len(ps) > MaxPlugins {
+		return fmt.Errorf("Plugins: %d declared, at most %d allowed", len(ps), MaxPlugins)
+	}
+	seen := map[string]bool{}
+	for i, p := range ps {
+		if err := plugin.ValidateName(p.Name); err != nil {
+			return fmt.Errorf("Plugins[%d].Name: %w", i, err)
+		}
+		if err := plugin.ValidateVersion(p.Version); err != nil {
+			return fmt.Errorf("Plugins[%d].Version (%s): %w", i, p.Name, err)
+		}
+		if seen[p.Name] {
+			return fmt.Errorf("Plugins[%d].Name: %q is declared twice", i, p.Name)
+		}
+		seen[p.Name] = true
+	}
+	return nil
+}
+
+// Action is what a reconcile did (or, in a dry run, would do) with a plugin.
+type Action string
+
+// Actions.
+const (
+	ActionRecorded     Action = "recorded"      // on the box: tracking row written
+	ActionDelivered    Action = "delivered"     // delivered, then tracking row written
+	ActionFailed       Action = "failed"        // failed after its retries
+	ActionWouldRecord  Action = "would-record"  // dry run
+	ActionWouldDeliver Action = "would-deliver" // dry run
+	ActionPending      Action = "pending"       // not finished yet (status query)
+)
+
+// PluginResult is one plugin's outcome.
+type PluginResult struct {
+	Name    string
+	Version string
+	Action  Action
+	Reason  string
+	Digest  string `json:",omitempty"`
+	Error   string `json:",omitempty"`
+}
+
+// RestartReport says whether the box was restarted, and why.
+type RestartReport struct {
+	Needed         bool
+	Done           bool
+	Reason         string
+	Mode           string `json:",omitempty"`
+	IdentityBefore string `json:",omitempty"`
+	IdentityAfter  string `json:",omitempty"`
+}
+
+// ReconcileResult is ReconcileWorkspace's result.
+type ReconcileResult struct {
+	WorkspaceID string
+	InstanceID  string
+	DryRun      bool `json:",omitempty"`
+	Plugins     []PluginResult
+	Restart     RestartReport
+	Failed      []string `json:",omitempty"`
+	Summary     string
+}
+
+// Count returns how many plugins ended with action a.
+func (r ReconcileResult) Count(a Action) int {
+	n := 0
+	for _, p := range r.Plugins {
+		if p.Action == a {
+			n++
+		}
+	}
+	return n
+}
+
+// Status is a running reconcile's state, for QueryStatus.
+type Status struct {
+	Phase   string
+	Plugins []PluginResult
+	Restart RestartReport
+}
+
+// ErrPluginsFailed is the error type of a reconcile that finished with some
+// plugins failed; its details hold the ReconcileResult.
+const ErrPluginsFailed = "PluginsFailed"
+
+// Start triggers a workspace's reconcile. When one is already running for
+// the workspace, no second run starts: the declaration is signalled to the
+// running one, which reconciles any plugin it has not yet seen at that
+// version before deciding its single restart. A dry run runs under its own
+// workflow ID and never touches a running reconcile.
+func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.WorkflowRun, error) {
+	if err := in.Validate(); err != nil {
+		return nil, err
+	}
+	if in.DryRun {
+		return c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID:                       PlanWorkflowID(in.WorkspaceID),
+			TaskQueue:                TaskQueue,
+			WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+			StaticSummary:            fmt.Sprintf("plan for %s: %d plugins", in.WorkspaceID, len(in.Plugins)),
+		}, ReconcileWorkspace, in)
+	}
+	return c.SignalWithStartWorkflow(ctx, ReconcileWorkflowID(in.WorkspaceID), SignalDeclare, Declaration{Plugins: in.Plugins},
+		client.StartWorkflowOptions{
+			TaskQueue:             TaskQueue,
+			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+			StaticSummary:         fmt.Sprintf("reconcile %s: %d plugins", in.WorkspaceID, len(in.Plugins)),
+		}, ReconcileWorkspace, in)
+}
+
+// Result waits for a reconcile and returns its result. A run that ended with
+// failed plugins returns both the result and the error.
+func Result(ctx context.Context, run client.WorkflowRun) (ReconcileResult, error) {
+	var res ReconcileResult
+	err := run.Get(ctx, &res)
+	if err == nil {
+		return res, nil
+	}
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) && app.Type() == ErrPluginsFailed && app.HasDetails() {
+		_ = app.Details(&res)
+	}
+	return res, err
+}

@@ -1,0 +1,353 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/plugin-reconciler/plugin-reconciler/activities"
+)
+
+// a is only used to name activity methods; workflows never call it.
+var a *activities.Activities
+
+// Retry policies. Permanent failures are listed as non-retryable so that a
+// wrong host key or a stopped box fails at once with its named error.
+var (
+	permanent = []string{
+		activities.ErrInvalidInput, activities.ErrUnknownWorkspace, activities.ErrUnknownPlugin,
+		activities.ErrHostKeyMismatch, activities.ErrInstanceNotRunning, activities.ErrUnknownInstance,
+		activities.ErrBundleRejected,
+	}
+	boxRetry = &temporal.RetryPolicy{
+		InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
+		MaximumAttempts: 8, NonRetryableErrorTypes: permanent,
+	}
+	storeRetry = &temporal.RetryPolicy{
+		InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
+		MaximumAttempts: 20, NonRetryableErrorTypes: permanent,
+	}
+	// A restart owed must happen: retried until its schedule-to-close.
+	restartRetry = &temporal.RetryPolicy{
+		InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 2 * time.Minute,
+		NonRetryableErrorTypes: []string{activities.ErrHostKeyMismatch, activities.ErrUnknownInstance, activities.ErrInstanceNotRunning},
+	}
+)
+
+func withActivity(ctx workflow.Context, summary string, startToClose time.Duration, retry *temporal.RetryPolicy) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: startToClose,
+		RetryPolicy:         retry,
+		Summary:             summary,
+	})
+}
+
+// ReconcileWorkspace makes a workspace's box hold its declared plugins:
+// validate, load the box, fan out one ReconcilePlugin child per plugin, fold
+// in declarations that arrive meanwhile, then decide the one restart from
+// durable state and run it.
+func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResult, error) {
+	if err := in.Validate(); err != nil {
+		return ReconcileResult{}, temporal.NewNonRetryableApplicationError("invalid input: "+err.Error(), activities.ErrInvalidInput, nil)
+	}
+	logger := workflow.GetLogger(ctx)
+	r := &run{in: in, results: map[string]PluginResult{}}
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) { return r.status(), nil }); err != nil {
+		return ReconcileResult{}, err
+	}
+
+	var ws activities.Workspace
+	lctx := withActivity(ctx, "load workspace "+in.WorkspaceID, 30*time.Second, storeRetry)
+	if err := workflow.ExecuteActivity(lctx, a.LoadWorkspace, in.WorkspaceID).Get(ctx, &ws); err != nil {
+		return ReconcileResult{}, err
+	}
+	r.ws = ws
+
+	declarations := workflow.GetSignalChannel(ctx, SignalDeclare)
+	pending := in.Plugins
+	restarts := 0
+	for {
+		// Reconcile until no newer declaration is waiting, so that a burst
+		// of triggers leads to one restart decision.
+		for len(pending) > 0 {
+			r.reconcile(ctx, pending)
+			pending = r.drain(declarations)
+		}
+		facts := activities.RestartFacts{}
+		fctx := withActivity(ctx, "read restart state of "+ws.InstanceID, 2*time.Minute, boxRetry)
+		if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, ws).Get(ctx, &facts); err != nil {
+			return r.result(), err
+		}
+		delivered := r.count(ActionDelivered, ActionWouldDeliver) - r.deliveredBefore
+		d := DecideRestart(delivered, r.count(ActionRecorded, ActionWouldRecord), facts)
+		r.restart = RestartReport{Needed: d.Restart, Reason: d.Reason}
+		logger.Info("restart decision", "workspace", ws.ID, "restart", d.Restart, "reason", d.Reason)
+		workflow.SetCurrentDetails(ctx, r.details())
+
+		switch {
+		case in.DryRun:
+		case d.Restart:
+			restarts++
+			var out activities.RestartOutcome
+			rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+				// One restart per decision, under a deterministic ID.
+				ActivityID:             fmt.Sprintf("restart-%d", restarts),
+				StartToCloseTimeout:    15 * time.Minute,
+				HeartbeatTimeout:       time.Minute,
+				ScheduleToCloseTimeout: 2 * time.Hour,
+				RetryPolicy:            restartRetry,
+				Summary:                fmt.Sprintf("restart %s: %s", ws.InstanceID, d.Reason),
+			})
+			if err := workflow.ExecuteActivity(rctx, a.RestartBox, activities.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out); err != nil {
+				return r.result(), err
+			}
+			r.restart.Done, r.restart.Mode = true, out.Mode
+			r.restart.IdentityBefore, r.restart.IdentityAfter = out.IdentityBefore, out.IdentityAfter
+		case d.Clear:
+			cctx := withActivity(ctx, "clear restart marks of "+ws.ID, 30*time.Second, storeRetry)
+			if err := workflow.ExecuteActivity(cctx, a.ClearRestartPending, activities.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}).Get(ctx, nil); err != nil {
+				return r.result(), err
+			}
+		}
+		r.deliveredBefore += delivered
+		workflow.SetCurrentDetails(ctx, r.details())
+		// A declaration that arrived during the restart is reconciled now,
+		// not lost.
+		if pending = r.drain(declarations); len(pending) == 0 {
+			break
+		}
+	}
+
+	res := r.result()
+	logger.Info("reconcile finished", "workspace", ws.ID, "summary", res.Summary)
+	if len(res.Failed) > 0 {
+		return res, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("%s: failed: %s", res.Summary, strings.Join(res.Failed, ", ")), ErrPluginsFailed, nil, res)
+	}
+	return res, nil
+}
+
+// run is a reconcile's state.
+type run struct {
+	in              ReconcileInput
+	ws              activities.Workspace
+	order           []string
+	results         map[string]PluginResult
+	restart         RestartReport
+	deliveredBefore int
+}
+
+// reconcile runs one child per plugin, at most MaxParallel at a time.
+func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
+	limit := r.in.MaxParallel
+	if limit == 0 {
+		limit = DefaultMaxParallel
+	}
+	parentID := workflow.GetInfo(ctx).WorkflowExecution.ID
+	for _, p := range plugins {
+		if _, seen := r.results[p.Name]; !seen {
+			r.order = append(r.order, p.Name)
+		}
+		r.results[p.Name] = PluginResult{Name: p.Name, Version: p.Version, Action: ActionPending}
+	}
+	sel := workflow.NewSelector(ctx)
+	next, running := 0, 0
+	start := func(p Plugin) {
+		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+			WorkflowID: PluginWorkflowID(parentID, p.Name),
+			// A child never outlives its parent: a cancelled or terminated
+			// reconcile cancels its deliveries.
+			ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+			WaitForCancellation:   true,
+			StaticSummary:         fmt.Sprintf("%s on %s", p, r.ws.InstanceID),
+		})
+		f := workflow.ExecuteChildWorkflow(cctx, ReconcilePlugin, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun})
+		running++
+		sel.AddFuture(f, func(f workflow.Future) {
+			running--
+			var res PluginResult
+			if err := f.Get(ctx, &res); err != nil {
+				res = PluginResult{Name: p.Name, Version: p.Version, Action: ActionFailed, Reason: "failed after retries", Error: rootMessage(err)}
+			}
+			r.results[p.Name] = res
+			workflow.SetCurrentDetails(ctx, r.details())
+		})
+	}
+	for running > 0 || next < len(plugins) {
+		for running < limit && next < len(plugins) {
+			start(plugins[next])
+			next++
+		}
+		sel.Select(ctx)
+	}
+}
+
+// drain takes every waiting declaration and returns the plugins not yet
+// reconciled at their declared version (a failed one is tried again).
+func (r *run) drain(ch workflow.ReceiveChannel) []Plugin {
+	var out []Plugin
+	idx := map[string]int{}
+	for {
+		var d Declaration
+		if !ch.ReceiveAsync(&d) {
+			return out
+		}
+		if validatePlugins(d.Plugins) != nil {
+			continue // a trigger validated its input; a bad signal is dropped
+		}
+		for _, p := range d.Plugins {
+			if res, ok := r.results[p.Name]; ok && res.Version == p.Version && res.Action != ActionFailed {
+				continue
+			}
+			if i, ok := idx[p.Name]; ok {
+				out[i] = p
+				continue
+			}
+			idx[p.Name] = len(out)
+			out = append(out, p)
+		}
+	}
+}
+
+func (r *run) count(actions ...Action) int {
+	n := 0
+	for _, res := range r.results {
+		for _, a := range actions {
+			if res.Action == a {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (r *run) ordered() []PluginResult {
+	out := make([]PluginResult, 0, len(r.order))
+	for _, name := range r.order {
+		out = append(out, r.results[name])
+	}
+	return out
+}
+
+func (r *run) status() Status {
+	phase := "reconciling"
+	if r.restart.Reason != "" {
+		phase = "restart decided"
+	}
+	return Status{Phase: phase, Plugins: r.ordered(), Restart: r.restart}
+}
+
+func (r *run) result() ReconcileResult {
+	res := ReconcileResult{WorkspaceID: r.in.WorkspaceID, InstanceID: r.ws.InstanceID, DryRun: r.in.DryRun, Plugins: r.ordered(), Restart: r.restart}
+	for _, p := range res.Plugins {
+		if p.Action == ActionFailed {
+			res.Failed = append(res.Failed, p.Name)
+		}
+	}
+	sort.Strings(res.Failed)
+	if r.in.DryRun {
+		res.Summary = fmt.Sprintf("plan: %d to record, %d to deliver, restart %s (%s)",
+			res.Count(ActionWouldRecord), res.Count(ActionWouldDeliver), yesNo(r.restart.Needed), r.restart.Reason)
+		return res
+	}
+	restart := "not restarted"
+	if r.restart.Done {
+		restart = "restarted"
+	}
+	res.Summary = fmt.Sprintf("%d recorded, %d delivered, %d failed; box %s: %s",
+		res.Count(ActionRecorded), res.Count(ActionDelivered), len(res.Failed), restart, r.restart.Reason)
+	return res
+}
+
+// details renders the live per-plugin table shown in the Web UI.
+func (r *run) details() string {
+	var b strings.Builder
+	b.WriteString("| plugin | version | action | reason |\n|---|---|---|---|\n")
+	for _, p := range r.ordered() {
+		reason := p.Reason
+		if p.Error != "" {
+			reason = p.Error
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", p.Name, p.Version, p.Action, reason)
+	}
+	if r.restart.Reason != "" {
+		fmt.Fprintf(&b, "\n**restart:** %s — %s\n", yesNo(r.restart.Needed), r.restart.Reason)
+	}
+	return b.String()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// rootMessage is the innermost failure's message: what an operator acts on.
+func rootMessage(err error) string {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err.Error()
+		}
+		err = next
+	}
+}
+
+// PluginInput is ReconcilePlugin's input.
+type PluginInput struct {
+	Workspace activities.Workspace
+	Plugin    Plugin
+	DryRun    bool `json:",omitempty"`
+}
+
+// ReconcilePlugin probes one plugin on the box, then records it (already
+// there) or delivers it (absent or stale) and records it.
+func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error) {
+	ws, p := in.Workspace, in.Plugin
+	res := PluginResult{Name: p.Name, Version: p.Version}
+
+	var probe activities.Probe
+	pctx := withActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 2*time.Minute, boxRetry)
+	if err := workflow.ExecuteActivity(pctx, a.ProbeManifest, activities.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
+		return res, err
+	}
+	deliver, reason := DecidePlugin(p, probe)
+	res.Reason = reason
+	if in.DryRun {
+		res.Action = ActionWouldRecord
+		if deliver {
+			res.Action = ActionWouldDeliver
+		}
+		return res, nil
+	}
+
+	track := activities.TrackInput{WorkspaceID: ws.ID, Plugin: p.Name, Version: p.Version, Digest: probe.Digest, Via: activities.ViaBoot}
+	res.Action = ActionRecorded
+	if deliver {
+		var d activities.Delivery
+		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			StartToCloseTimeout: 15 * time.Minute,
+			HeartbeatTimeout:    30 * time.Second,
+			RetryPolicy:         boxRetry,
+			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, reason),
+		})
+		if err := workflow.ExecuteActivity(dctx, a.DeliverViaEIC, activities.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version}).Get(ctx, &d); err != nil {
+			return res, err
+		}
+		track.Digest, track.Via = d.Digest, activities.ViaReconcile
+		res.Action, res.Digest = ActionDelivered, d.Digest
+	}
+	tctx := withActivity(ctx, fmt.Sprintf("record %s for %s", p, ws.ID), 30*time.Second, storeRetry)
+	if err := workflow.ExecuteActivity(tctx, a.RecordTracking, track).Get(ctx, nil); err != nil {
+		return res, err
+	}
+	return res, nil
+}

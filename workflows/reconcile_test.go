@@ -1,0 +1,285 @@
+package workflows
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/plugin-reconciler/plugin-reconciler/activities"
+)
+
+// model is a box and its store as the mocked activities see them.
+type model struct {
+	mu          sync.Mutex
+	onBox       map[string]string // plugin -> version on the box
+	failDeliver map[string]bool   // permanent delivery failure
+	pending     *time.Time
+	marks       map[string]string // plugin -> identity after swap
+	identity    string
+
+	probes, deliveries, records, restarts, clears int
+	recorded                                      map[string]string // plugin -> via
+}
+
+func newModel(onBox map[string]string) *model {
+	return &model{onBox: onBox, failDeliver: map[string]bool{}, marks: map[string]string{}, identity: "run-1", recorded: map[string]string{}}
+}
+
+var ws = activities.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
+
+func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
+	env.RegisterWorkflow(ReconcilePlugin)
+	env.OnActivity(a.LoadWorkspace, mock.Anything, mock.Anything).Return(func(_ context.Context, id string) (activities.Workspace, error) {
+		if id != ws.ID {
+			return activities.Workspace{}, temporal.NewNonRetryableApplicationError("workspace "+id+" is not registered", activities.ErrUnknownWorkspace, nil)
+		}
+		return ws, nil
+	}).Maybe()
+	env.OnActivity(a.ProbeManifest, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ProbeInput) (activities.Probe, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.probes++
+		v, ok := m.onBox[in.Plugin]
+		if !ok {
+			return activities.Probe{Reason: "no manifest on the box"}, nil
+		}
+		return activities.Probe{Present: true, Version: v, Reason: "manifest found"}, nil
+	}).Maybe()
+	env.OnActivity(a.DeliverViaEIC, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.DeliverInput) (activities.Delivery, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.failDeliver[in.Plugin] {
+			return activities.Delivery{}, temporal.NewNonRetryableApplicationError("bundle for "+in.Plugin+" rejected", activities.ErrBundleRejected, nil)
+		}
+		m.deliveries++
+		now := time.Now()
+		if m.pending == nil {
+			m.pending = &now
+		}
+		m.onBox[in.Plugin] = in.Version
+		m.marks[in.Plugin] = m.identity
+		return activities.Delivery{Digest: "sha256:" + in.Plugin, Changed: true}, nil
+	}).Maybe()
+	env.OnActivity(a.RecordTracking, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.TrackInput) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.records++
+		m.recorded[in.Plugin] = in.Via
+		return nil
+	}).Maybe()
+	env.OnActivity(a.ReadRestartFacts, mock.Anything, mock.Anything).Return(func(_ context.Context, _ activities.Workspace) (activities.RestartFacts, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		f := activities.RestartFacts{PendingSince: m.pending, CurrentIdentity: m.identity}
+		for _, id := range m.marks {
+			f.MarkIdentities = append(f.MarkIdentities, id)
+		}
+		return f, nil
+	}).Maybe()
+	env.OnActivity(a.RestartBox, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RestartInput) (activities.RestartOutcome, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.restarts++
+		before := m.identity
+		m.identity = before + "+"
+		m.pending, m.marks = nil, map[string]string{}
+		return activities.RestartOutcome{Mode: "runtime", IdentityBefore: before, IdentityAfter: m.identity}, nil
+	}).Maybe()
+	env.OnActivity(a.ClearRestartPending, mock.Anything, mock.Anything).Return(func(_ context.Context, _ activities.ClearInput) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.clears++
+		m.pending, m.marks = nil, map[string]string{}
+		return nil
+	}).Maybe()
+}
+
+func five() []Plugin {
+	return []Plugin{{"a", "1.0.0", ""}, {"b", "1.0.0", ""}, {"c", "1.0.0", ""}, {"d", "1.0.0", ""}, {"e", "1.0.0", ""}}
+}
+
+func allOnBox() map[string]string {
+	return map[string]string{"a": "1.0.0", "b": "1.0.0", "c": "1.0.0", "d": "1.0.0", "e": "1.0.0"}
+}
+
+func runReconcile(t *testing.T, m *model, in ReconcileInput, setup func(*testsuite.TestWorkflowEnvironment)) (ReconcileResult, error) {
+	t.Helper()
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	m.register(env)
+	if setup != nil {
+		setup(env)
+	}
+	env.ExecuteWorkflow(ReconcileWorkspace, in)
+	require.True(t, env.IsWorkflowCompleted())
+	err := env.GetWorkflowError()
+	var res ReconcileResult
+	if err == nil {
+		require.NoError(t, env.GetWorkflowResult(&res))
+	} else {
+		var app *temporal.ApplicationError
+		if errors.As(err, &app) && app.HasDetails() {
+			require.NoError(t, app.Details(&res))
+		}
+	}
+	return res, err
+}
+
+func TestAllPresentRecordsOnly(t *testing.T) {
+	m := newModel(allOnBox())
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 0, m.deliveries)
+	require.Equal(t, 0, m.restarts)
+	require.Equal(t, 5, m.records)
+	require.Equal(t, 5, res.Count(ActionRecorded))
+	require.False(t, res.Restart.Needed)
+	require.Contains(t, res.Restart.Reason, "5 plugin(s) already on the box")
+	for _, via := range m.recorded {
+		require.Equal(t, activities.ViaBoot, via)
+	}
+}
+
+func TestMissingPluginsDeliveredWithOneRestart(t *testing.T) {
+	box := allOnBox()
+	delete(box, "b")
+	delete(box, "d")
+	m := newModel(box)
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), MaxParallel: 2}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 2, m.deliveries)
+	require.Equal(t, 1, m.restarts)
+	require.Equal(t, 5, m.records)
+	require.Equal(t, 3, res.Count(ActionRecorded))
+	require.Equal(t, 2, res.Count(ActionDelivered))
+	require.True(t, res.Restart.Done)
+	require.Contains(t, res.Restart.Reason, "2 plugin(s) delivered")
+	require.Equal(t, activities.ViaReconcile, m.recorded["b"])
+	require.Equal(t, activities.ViaBoot, m.recorded["a"])
+}
+
+func TestStaleVersionDeliveredAndRestarted(t *testing.T) {
+	box := allOnBox()
+	box["c"] = "0.9.0"
+	m := newModel(box)
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, m.deliveries)
+	require.Equal(t, 1, m.restarts)
+	for _, p := range res.Plugins {
+		if p.Name == "c" {
+			require.Equal(t, ActionDelivered, p.Action)
+			require.Contains(t, p.Reason, "stale: box has 0.9.0")
+		}
+	}
+}
+
+func TestRestartOwedFromAnEarlierRun(t *testing.T) {
+	m := newModel(allOnBox())
+	earlier := time.Now().Add(-time.Hour)
+	m.pending = &earlier
+	m.marks["a"] = m.identity
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 0, m.deliveries)
+	require.Equal(t, 1, m.restarts)
+	require.Contains(t, res.Restart.Reason, "restart still owed")
+	require.Nil(t, m.pending)
+}
+
+func TestNoRestartWhenRuntimeAlreadyRestarted(t *testing.T) {
+	m := newModel(allOnBox())
+	earlier := time.Now().Add(-time.Hour)
+	m.pending = &earlier
+	m.marks["a"] = "run-0" // the runtime has restarted since ("run-1" now)
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 0, m.restarts)
+	require.Equal(t, 1, m.clears)
+	require.Contains(t, res.Restart.Reason, "already restarted")
+	require.False(t, res.Restart.Done)
+}
+
+func TestOnePluginFailsTheOthersStillReconciled(t *testing.T) {
+	box := allOnBox()
+	delete(box, "b")
+	delete(box, "e")
+	m := newModel(box)
+	m.failDeliver["e"] = true
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	var app *temporal.ApplicationError
+	require.ErrorAs(t, err, &app)
+	require.Equal(t, ErrPluginsFailed, app.Type())
+	require.Contains(t, err.Error(), "failed: e")
+	require.Equal(t, []string{"e"}, res.Failed)
+	require.Equal(t, 1, m.deliveries, "b delivered")
+	require.Equal(t, 1, m.restarts, "what was delivered still gets its restart")
+	require.Equal(t, 4, m.records)
+	for _, p := range res.Plugins {
+		if p.Name == "e" {
+			require.Equal(t, ActionFailed, p.Action)
+			require.Contains(t, p.Error, "bundle for e rejected")
+		}
+	}
+}
+
+func TestInvalidInputFailsAtOnce(t *testing.T) {
+	m := newModel(allOnBox())
+	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{"../etc", "1", ""}}}, nil)
+	var app *temporal.ApplicationError
+	require.ErrorAs(t, err, &app)
+	require.Equal(t, activities.ErrInvalidInput, app.Type())
+	require.True(t, app.NonRetryable())
+	require.Contains(t, err.Error(), "Plugins[0].Name")
+	require.Equal(t, 0, m.probes)
+}
+
+func TestUnknownWorkspaceFailsAtOnce(t *testing.T) {
+	m := newModel(allOnBox())
+	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-404", Plugins: five()}, nil)
+	var app *temporal.ApplicationError
+	require.ErrorAs(t, err, &app)
+	require.Equal(t, activities.ErrUnknownWorkspace, app.Type())
+	require.Equal(t, 0, m.probes)
+}
+
+func TestDryRunWritesNothing(t *testing.T) {
+	box := allOnBox()
+	delete(box, "a")
+	m := newModel(box)
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), DryRun: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 5, m.probes)
+	require.Zero(t, m.records+m.deliveries+m.restarts+m.clears)
+	require.Equal(t, 1, res.Count(ActionWouldDeliver))
+	require.Equal(t, 4, res.Count(ActionWouldRecord))
+	require.True(t, res.Restart.Needed)
+	require.False(t, res.Restart.Done)
+	require.Contains(t, res.Summary, "plan: 4 to record, 1 to deliver, restart yes")
+}
+
+func TestDeclarationDuringRunIsFoldedIn(t *testing.T) {
+	box := allOnBox()
+	delete(box, "a")
+	m := newModel(box)
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.RegisterDelayedCallback(func() {
+			// Same set plus one new plugin, and one upgraded.
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: append(five()[1:], Plugin{"a", "1.0.0", ""}, Plugin{"f", "2.0.0", ""})})
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{"c", "1.1.0", ""}}})
+		}, 0)
+	})
+	require.NoError(t, err)
+	require.Equal(t, 3, m.deliveries, "a, f and the upgraded c")
+	require.Equal(t, 1, m.restarts, "one restart for the burst")
+	require.Len(t, res.Plugins, 6)
+	require.Equal(t, "2.0.0", m.onBox["f"])
+	require.Equal(t, "1.1.0", m.onBox["c"])
+}
