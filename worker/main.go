@@ -1,0 +1,62 @@
+// Command worker runs the plugin reconciler's Temporal worker.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/contrib/envconfig"
+	tlog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
+	"github.com/plugin-reconciler/plugin-reconciler/workflows"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg := service.FromEnv()
+	cfg.Flags(flag.CommandLine)
+	flag.Parse()
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx := context.Background()
+
+	copts, err := envconfig.LoadDefaultClientOptions()
+	if err != nil {
+		return fmt.Errorf("temporal client configuration: %w", err)
+	}
+	copts.Logger = tlog.NewStructuredLogger(logger)
+	c, err := client.Dial(copts)
+	if err != nil {
+		return fmt.Errorf("connect to temporal: %w", err)
+	}
+	defer c.Close()
+
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
+	if err != nil {
+		return fmt.Errorf("aws configuration: %w", err)
+	}
+	svc, err := service.New(ctx, cfg, awsCfg, logger)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+
+	w := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
+	svc.Register(w)
+	logger.Info("worker started", "task_queue", workflows.TaskQueue, "eic_mode", cfg.AccessMode, "restart_mode", cfg.RestartMode)
+	// Run returns on SIGINT or SIGTERM after running activities finish
+	// (the worker's stop timeout), so a deploy drains instead of killing.
+	return w.Run(worker.InterruptCh())
+}
