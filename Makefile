@@ -4,6 +4,8 @@ GO    ?= go
 PKGS  := ./...
 
 .DEFAULT_GOAL := help
+DEMO_FLAGS ?=
+
 .PHONY: help deps test test-short lint demo worker bench
 
 help: ## list the targets
@@ -31,3 +33,12 @@ test-short: ## run the tests that start no external processes
 lint: ## go vet and gofmt check
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+demo: deps ## run the scenario on the embedded stack (Temporal + Web UI, Postgres, simulated fleet); DEMO_FLAGS=--once to exit after the report
+	$(GO) run ./internal/demo $(DEMO_FLAGS)
+
+worker: ## run the worker against the Temporal and Postgres of your environment (TEMPORAL_ADDRESS, DATABASE_URL, ...)
+	$(GO) run ./worker
+
+bench: ## run the Go benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./...

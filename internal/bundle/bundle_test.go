@@ -140,3 +140,23 @@ func TestPackRefusesABadManifest(t *testing.T) {
 	_, err := Pack(dir)
 	require.ErrorIs(t, err, ErrRejected)
 }
+
+func BenchmarkPackAndCheck(b *testing.B) {
+	dir := b.TempDir()
+	require.NoError(b, os.WriteFile(filepath.Join(dir, "plugin.yaml"), []byte(manifest), 0o644))
+	for i := range 50 {
+		p := filepath.Join(dir, "lib", "f"+string(rune('a'+i%26))+string(rune('a'+i/26)))
+		require.NoError(b, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(b, os.WriteFile(p, bytes.Repeat([]byte("plugin code\n"), 1000), 0o644))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := Pack(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := Check(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -23,6 +23,9 @@ var (
 // the test binary; call StopShared from TestMain after the tests.
 func NewTestDatabase(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Postgres (skipped with -short)")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	admin := os.Getenv("TEST_DATABASE_URL")

@@ -60,7 +60,9 @@ const (
 )
 
 // UpsertWorkspace registers a workspace's box or updates its coordinates.
-// It never touches the pinned host key or the pending restart.
+// It keeps the pinned host key and the pending restart of the same instance;
+// when the workspace moves to another instance (a re-provisioned box), both
+// belong to the old instance and are dropped, unless a host key is given.
 func (s *Store) UpsertWorkspace(ctx context.Context, w Workspace) error {
 	if w.OSUser == "" {
 		w.OSUser = DefaultOSUser
@@ -71,20 +73,41 @@ func (s *Store) UpsertWorkspace(ctx context.Context, w Workspace) error {
 	if w.Status == "" {
 		w.Status = "active"
 	}
-	_, err := s.pool.Exec(ctx, `
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var old string
+	err = tx.QueryRow(ctx, `select instance_id from workspaces where id = $1 for update`, w.ID).Scan(&old)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
+	}
+	_, err = tx.Exec(ctx, `
 insert into workspaces (id, instance_id, region, availability_zone, os_user, plugin_root, host_key, status)
 values ($1, $2, $3, $4, $5, $6, nullif($7, ''), $8)
 on conflict (id) do update set
   instance_id = excluded.instance_id, region = excluded.region,
   availability_zone = excluded.availability_zone, os_user = excluded.os_user,
   plugin_root = excluded.plugin_root, status = excluded.status,
-  host_key = coalesce(excluded.host_key, workspaces.host_key),
+  host_key = case
+    when excluded.host_key is not null then excluded.host_key
+    when workspaces.instance_id = excluded.instance_id then workspaces.host_key
+    end,
+  restart_pending_since = case
+    when workspaces.instance_id = excluded.instance_id then workspaces.restart_pending_since
+    end,
   updated_at = now()`,
 		w.ID, w.InstanceID, w.Region, w.AvailabilityZone, w.OSUser, w.PluginRoot, w.HostKey, w.Status)
 	if err != nil {
 		return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
 	}
-	return nil
+	if old != "" && old != w.InstanceID {
+		if _, err := tx.Exec(ctx, `delete from restart_marks where workspace_id = $1`, w.ID); err != nil {
+			return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
+		}
+	}
+	return tx.Commit(ctx)
 }
 
 // Workspace loads a workspace.

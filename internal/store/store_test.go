@@ -75,6 +75,17 @@ func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
 	require.Equal(t, "ec2-user", w.OSUser)
 	require.Equal(t, "ssh-ed25519 AAAA", w.HostKey)
 
+	// Moving to another instance drops what belonged to the old one.
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "gh"))
+	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef9", Region: "eu-west-1"}))
+	w, err = s.Workspace(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Empty(t, w.HostKey)
+	require.Nil(t, w.RestartPendingSince)
+	st, err := s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Empty(t, st.Marks)
+
 	// Bad ids are refused by the schema.
 	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "../x", InstanceID: "i-0123456789abcdef1", Region: "r"}))
 	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ok", InstanceID: "i-; reboot", Region: "r"}))

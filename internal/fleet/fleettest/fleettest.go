@@ -17,6 +17,9 @@ const Region = "us-east-1"
 // New starts a fake AWS endpoint and an empty fleet on it.
 func New(t testing.TB) *fleet.Fleet {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts sshd boxes (skipped with -short)")
+	}
 	aws, err := fakeaws.Start(Region)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = aws.Close() })
