@@ -22,11 +22,12 @@ import (
 	"go.temporal.io/server/common/dynamicconfig"
 	"go.temporal.io/server/common/log"
 	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
+	"go.temporal.io/server/common/testing/freeport"
 	"go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
 
-	uiconfig "github.com/temporalio/ui-server/v2/server/config"
 	uiserver "github.com/temporalio/ui-server/v2/server"
+	uiconfig "github.com/temporalio/ui-server/v2/server/config"
 	uioptions "github.com/temporalio/ui-server/v2/server/server_options"
 )
 
@@ -239,14 +240,10 @@ func pickPort(want, def int) (int, error) {
 	return want, nil
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort returns a port that the kernel will not hand out again for a
+// while (it is left in TIME_WAIT), so that the services started one after
+// another, and other processes, do not collide on it.
+func freePort() (int, error) { return freeport.MustGetFreePort(), nil }
 
 // serverConfig is a single-process cluster on 127.0.0.1: frontend on port,
 // the other services and membership on free ports.

@@ -3,8 +3,8 @@ package devserver
 import (
 	"context"
 	"fmt"
-	"net"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"

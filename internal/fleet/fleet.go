@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.temporal.io/server/common/testing/freeport"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
@@ -103,12 +104,7 @@ func New(aws *fakeaws.Server) (*Fleet, error) {
 		n, _ := rand.Int(rand.Reader, big.NewInt(250))
 		f.subnet[i] = byte(n.Int64() + 2)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	f.Port = ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	f.Port = freeport.MustGetFreePort()
 	return f, nil
 }
 
