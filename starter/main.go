@@ -4,6 +4,10 @@
 //	starter reconcile --workspace ID [--plugin name@version …] [--dry-run] [--wait] [--json]
 //	starter status    --workspace ID [--json]
 //	starter workspace add --workspace ID --instance i-… --region R [--az AZ] [--os-user U] [--plugin-root P]
+//	starter cancel    --workspace ID
+//	starter terminate --workspace ID --reason TEXT
+//	starter retry     --workspace ID [--wait] [--json]
+//	starter list      [--workspace ID] [--outcome O] [--query Q]
 //	starter migrate
 package main
 
@@ -19,8 +23,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/envconfig"
+	"go.temporal.io/sdk/converter"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
@@ -31,6 +38,10 @@ const usage = `usage:
   starter reconcile --workspace ID [--plugin name@version ...] [--dry-run] [--wait] [--json]
   starter status    --workspace ID [--json]
   starter workspace add --workspace ID --instance i-... --region REGION [--az AZ] [--os-user USER] [--plugin-root PATH]
+  starter cancel    --workspace ID
+  starter terminate --workspace ID --reason TEXT
+  starter retry     --workspace ID [--wait] [--json]
+  starter list      [--workspace ID] [--outcome OUTCOME] [--query VISIBILITY-QUERY]
   starter migrate
 
 Temporal is configured by TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ... (the SDK's
@@ -82,6 +93,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		az         = fs.String("az", "", "availability zone")
 		osUser     = fs.String("os-user", store.DefaultOSUser, "login user on the box")
 		pluginRoot = fs.String("plugin-root", store.DefaultPluginRoot, "plugin root on the box")
+		reason     = fs.String("reason", "", "why (terminate)")
+		outcome    = fs.String("outcome", "", "list: only reconciles with this outcome")
+		query      = fs.String("query", "", "list: a visibility query")
 		plugins    pluginList
 	)
 	fs.Var(&plugins, "plugin", "declared plugin name@version (repeatable)")
@@ -150,6 +164,72 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			printResult(out, run, res)
 		}
 		return err
+
+	case "cancel", "terminate", "retry":
+		if *workspace == "" {
+			return fmt.Errorf("%s: --workspace is required", cmd)
+		}
+		if cmd == "terminate" && *reason == "" {
+			return errors.New("terminate: --reason is required (it is recorded in the history)")
+		}
+		c, err := dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		id := workflows.ReconcileWorkflowID(*workspace)
+		if cmd != "retry" {
+			d, err := c.DescribeWorkflowExecution(ctx, id, "")
+			if err != nil {
+				return fmt.Errorf("%s: %w", cmd, err)
+			}
+			if st := d.GetWorkflowExecutionInfo().GetStatus(); st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				return fmt.Errorf("%s: no reconcile running for %s (its latest run is %s)", cmd, *workspace, st)
+			}
+		}
+		switch cmd {
+		case "cancel":
+			if err := c.CancelWorkflow(ctx, id, ""); err != nil {
+				return fmt.Errorf("cancel %s: %w", id, err)
+			}
+			fmt.Fprintf(out, "cancel requested for %s: no new delivery starts, a restart owed stays pending for the next reconcile\n", id)
+			return nil
+		case "terminate":
+			if err := c.TerminateWorkflow(ctx, id, "", *reason); err != nil {
+				return fmt.Errorf("terminate %s: %w", id, err)
+			}
+			fmt.Fprintf(out, "terminated %s (%s): its plugin children are cancelled; re-run `starter retry --workspace %s` to repair rows and any restart owed\n", id, *reason, *workspace)
+			return nil
+		}
+		in, err := lastInput(ctx, c, id)
+		if err != nil {
+			return err
+		}
+		run, err := workflows.Start(ctx, c, in)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "retry of %s started as run %s with %d plugins\n", id, run.GetRunID(), len(in.Plugins))
+		if !*wait {
+			return nil
+		}
+		res, err := workflows.Result(ctx, run)
+		if *asJSON {
+			if jerr := printJSON(out, res); jerr != nil {
+				return jerr
+			}
+		} else {
+			printResult(out, run, res)
+		}
+		return err
+
+	case "list":
+		c, err := dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return list(ctx, c, out, listQuery(*workspace, *outcome, *query))
 
 	case "status":
 		if *workspace == "" {
@@ -286,5 +366,62 @@ func status(ctx context.Context, out io.Writer, dsn, workspace string, asJSON bo
 	if r.Running != nil {
 		fmt.Fprintf(out, "reconcile running: %s\n", r.Running.Phase)
 	}
+	return nil
+}
+
+// lastInput is the input of the workspace's latest reconcile run.
+func lastInput(ctx context.Context, c client.Client, id string) (workflows.ReconcileInput, error) {
+	var in workflows.ReconcileInput
+	iter := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	if !iter.HasNext() {
+		return in, fmt.Errorf("retry: %s has no run to retry", id)
+	}
+	ev, err := iter.Next()
+	if err != nil {
+		return in, fmt.Errorf("retry: read %s: %w", id, err)
+	}
+	started := ev.GetWorkflowExecutionStartedEventAttributes()
+	if started == nil {
+		return in, fmt.Errorf("retry: %s: first event is %s", id, ev.GetEventType())
+	}
+	if err := converter.GetDefaultDataConverter().FromPayloads(started.GetInput(), &in); err != nil {
+		return in, fmt.Errorf("retry: decode the input of %s: %w", id, err)
+	}
+	in.DryRun = false
+	return in, nil
+}
+
+// listQuery builds a visibility query over reconciles.
+func listQuery(workspace, outcome, extra string) string {
+	q := []string{`WorkflowType = "ReconcileWorkspace"`}
+	if workspace != "" {
+		q = append(q, fmt.Sprintf("%s = %q", workflows.SearchWorkspaceID.GetName(), workspace))
+	}
+	if outcome != "" {
+		q = append(q, fmt.Sprintf("%s = %q", workflows.SearchOutcome.GetName(), outcome))
+	}
+	if extra != "" {
+		q = append(q, "("+extra+")")
+	}
+	return strings.Join(q, " AND ")
+}
+
+func list(ctx context.Context, c client.Client, out io.Writer, query string) error {
+	resp, err := c.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query, PageSize: 100})
+	if err != nil {
+		return fmt.Errorf("list %q: %w", query, err)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKFLOW\tRUN\tSTATUS\tOUTCOME\tSTARTED")
+	for _, e := range resp.GetExecutions() {
+		outcome := ""
+		if p := e.GetSearchAttributes().GetIndexedFields()[workflows.SearchOutcome.GetName()]; p != nil {
+			_ = converter.GetDefaultDataConverter().FromPayload(p, &outcome)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetExecution().GetWorkflowId(), e.GetExecution().GetRunId(),
+			e.GetStatus(), outcome, e.GetStartTime().AsTime().Format(time.RFC3339))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(out, "%d reconciles match %s\n", len(resp.GetExecutions()), query)
 	return nil
 }

@@ -53,6 +53,15 @@ func run() error {
 	}
 	defer svc.Close()
 
+	// The workflows upsert their search attributes; make sure the namespace
+	// has them (an operator call, which a restricted key may not make).
+	ns := copts.Namespace
+	if ns == "" {
+		ns = client.DefaultNamespace
+	}
+	if err := workflows.EnsureSearchAttributes(ctx, c, ns); err != nil {
+		logger.Warn("search attributes not registered; register them or reconciles will fail", "error", err)
+	}
 	w := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
 	svc.Register(w)
 	logger.Info("worker started", "task_queue", workflows.TaskQueue, "eic_mode", cfg.AccessMode, "restart_mode", cfg.RestartMode)

@@ -11,6 +11,7 @@ import (
 	"regexp"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -117,6 +118,7 @@ const (
 	ActionWouldRecord  Action = "would-record"  // dry run
 	ActionWouldDeliver Action = "would-deliver" // dry run
 	ActionPending      Action = "pending"       // not finished yet (status query)
+	ActionCancelled    Action = "cancelled"     // the reconcile was cancelled first
 )
 
 // PluginResult is one plugin's outcome.
@@ -147,6 +149,7 @@ type ReconcileResult struct {
 	Plugins     []PluginResult
 	Restart     RestartReport
 	Failed      []string `json:",omitempty"`
+	Outcome     string
 	Summary     string
 }
 
@@ -166,6 +169,63 @@ type Status struct {
 	Phase   string
 	Plugins []PluginResult
 	Restart RestartReport
+}
+
+// Search attributes of a reconcile, for the Web UI's and the CLI's
+// visibility queries, e.g. reconciles that restarted a box in the last day:
+//
+//	ReconcileOutcome = "restarted" AND CloseTime > "2026-11-26T00:00:00Z"
+var (
+	SearchWorkspaceID = temporal.NewSearchAttributeKeyKeyword("WorkspaceId")
+	SearchInstanceID  = temporal.NewSearchAttributeKeyKeyword("InstanceId")
+	SearchOutcome     = temporal.NewSearchAttributeKeyKeyword("ReconcileOutcome")
+	SearchPluginNames = temporal.NewSearchAttributeKeyKeywordList("PluginNames")
+)
+
+// Outcomes, the values of SearchOutcome.
+const (
+	OutcomeRunning      = "running"
+	OutcomeRecordedOnly = "recorded-only"
+	OutcomeDelivered    = "delivered" // delivered, no restart needed
+	OutcomeRestarted    = "restarted"
+	OutcomeFailed       = "failed"
+	OutcomeDryRun       = "dry-run"
+	OutcomeCancelled    = "cancelled"
+)
+
+// SearchAttributes are the custom search attributes a namespace needs
+// before the reconcile workflows run there.
+func SearchAttributes() map[string]enumspb.IndexedValueType {
+	return map[string]enumspb.IndexedValueType{
+		SearchWorkspaceID.GetName(): enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchInstanceID.GetName():  enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchOutcome.GetName():     enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchPluginNames.GetName(): enumspb.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+	}
+}
+
+// EnsureSearchAttributes registers the missing search attributes in the
+// namespace (an operator call: on Temporal Cloud, create them in the
+// namespace's settings instead).
+func EnsureSearchAttributes(ctx context.Context, c client.Client, namespace string) error {
+	have, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
+	if err != nil {
+		return fmt.Errorf("list search attributes of %s: %w", namespace, err)
+	}
+	missing := map[string]enumspb.IndexedValueType{}
+	for name, typ := range SearchAttributes() {
+		if _, ok := have.GetCustomAttributes()[name]; !ok {
+			missing[name] = typ
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	_, err = c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{Namespace: namespace, SearchAttributes: missing})
+	if err != nil {
+		return fmt.Errorf("add search attributes to %s: %w", namespace, err)
+	}
+	return nil
 }
 
 // ErrPluginsFailed is the error type of a reconcile that finished with some
@@ -199,7 +259,7 @@ func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.Work
 }
 
 // Result waits for a reconcile and returns its result. A run that ended with
-// failed plugins returns both the result and the error.
+// failed plugins, or was cancelled, returns both the result and the error.
 func Result(ctx context.Context, run client.WorkflowRun) (ReconcileResult, error) {
 	var res ReconcileResult
 	err := run.Get(ctx, &res)
@@ -207,8 +267,12 @@ func Result(ctx context.Context, run client.WorkflowRun) (ReconcileResult, error
 		return res, nil
 	}
 	var app *temporal.ApplicationError
-	if errors.As(err, &app) && app.Type() == ErrPluginsFailed && app.HasDetails() {
+	var cancelled *temporal.CanceledError
+	switch {
+	case errors.As(err, &app) && app.Type() == ErrPluginsFailed && app.HasDetails():
 		_ = app.Details(&res)
+	case errors.As(err, &cancelled) && cancelled.HasDetails():
+		_ = cancelled.Details(&res)
 	}
 	return res, err
 }

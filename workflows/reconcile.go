@@ -62,12 +62,20 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		return ReconcileResult{}, err
 	}
 
+	if err := r.search(ctx, SearchWorkspaceID.ValueSet(in.WorkspaceID), SearchPluginNames.ValueSet(pluginNames(in.Plugins)), SearchOutcome.ValueSet(OutcomeRunning)); err != nil {
+		return ReconcileResult{}, err
+	}
+
 	var ws activities.Workspace
 	lctx := withActivity(ctx, "load workspace "+in.WorkspaceID, 30*time.Second, storeRetry)
 	if err := workflow.ExecuteActivity(lctx, a.LoadWorkspace, in.WorkspaceID).Get(ctx, &ws); err != nil {
+		_ = r.search(ctx, SearchOutcome.ValueSet(OutcomeFailed))
 		return ReconcileResult{}, err
 	}
 	r.ws = ws
+	if err := r.search(ctx, SearchInstanceID.ValueSet(ws.InstanceID)); err != nil {
+		return ReconcileResult{}, err
+	}
 
 	declarations := workflow.GetSignalChannel(ctx, SignalDeclare)
 	pending := in.Plugins
@@ -77,12 +85,15 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		// of triggers leads to one restart decision.
 		for len(pending) > 0 {
 			r.reconcile(ctx, pending)
+			if ctx.Err() != nil {
+				return r.cancelled(ctx)
+			}
 			pending = r.drain(declarations)
 		}
 		facts := activities.RestartFacts{}
 		fctx := withActivity(ctx, "read restart state of "+ws.InstanceID, 2*time.Minute, boxRetry)
 		if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, ws).Get(ctx, &facts); err != nil {
-			return r.result(), err
+			return r.fail(ctx, err)
 		}
 		delivered := r.count(ActionDelivered, ActionWouldDeliver) - r.deliveredBefore
 		d := DecideRestart(delivered, r.count(ActionRecorded, ActionWouldRecord), facts)
@@ -105,14 +116,17 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 				Summary:                fmt.Sprintf("restart %s: %s", ws.InstanceID, d.Reason),
 			})
 			if err := workflow.ExecuteActivity(rctx, a.RestartBox, activities.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out); err != nil {
-				return r.result(), err
+				if ctx.Err() != nil {
+					return r.cancelled(ctx)
+				}
+				return r.fail(ctx, err)
 			}
 			r.restart.Done, r.restart.Mode = true, out.Mode
 			r.restart.IdentityBefore, r.restart.IdentityAfter = out.IdentityBefore, out.IdentityAfter
 		case d.Clear:
 			cctx := withActivity(ctx, "clear restart marks of "+ws.ID, 30*time.Second, storeRetry)
 			if err := workflow.ExecuteActivity(cctx, a.ClearRestartPending, activities.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}).Get(ctx, nil); err != nil {
-				return r.result(), err
+				return r.fail(ctx, err)
 			}
 		}
 		r.deliveredBefore += delivered
@@ -126,11 +140,57 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 
 	res := r.result()
 	logger.Info("reconcile finished", "workspace", ws.ID, "summary", res.Summary)
+	if err := r.search(ctx, SearchOutcome.ValueSet(res.Outcome)); err != nil {
+		return res, err
+	}
 	if len(res.Failed) > 0 {
 		return res, temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("%s: failed: %s", res.Summary, strings.Join(res.Failed, ", ")), ErrPluginsFailed, nil, res)
 	}
 	return res, nil
+}
+
+// search upserts search attributes; a namespace without them fails here,
+// naming what to register.
+func (r *run) search(ctx workflow.Context, updates ...temporal.SearchAttributeUpdate) error {
+	if err := workflow.UpsertTypedSearchAttributes(ctx, updates...); err != nil {
+		return fmt.Errorf("upsert search attributes (register them with workflows.EnsureSearchAttributes): %w", err)
+	}
+	return nil
+}
+
+// fail ends the run on an error of its own (not a plugin's), keeping the
+// outcome searchable.
+func (r *run) fail(ctx workflow.Context, err error) (ReconcileResult, error) {
+	_ = r.search(ctx, SearchOutcome.ValueSet(OutcomeFailed))
+	return r.result(), err
+}
+
+// cancelled ends a cancelled run: no new delivery was started after the
+// cancel, what the children verified is recorded, and a restart owed by a
+// delivery stays pending in the store for the next reconcile. The result
+// says so, as the cancellation's details.
+func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
+	for name, res := range r.results {
+		if res.Action == ActionPending {
+			res.Action, res.Reason = ActionCancelled, "reconcile cancelled before this plugin finished"
+			r.results[name] = res
+		}
+	}
+	r.cancel = true
+	res := r.result()
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	_ = r.search(dctx, SearchOutcome.ValueSet(OutcomeCancelled))
+	workflow.GetLogger(ctx).Info("reconcile cancelled", "summary", res.Summary)
+	return res, temporal.NewCanceledError(res)
+}
+
+func pluginNames(ps []Plugin) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Name
+	}
+	return out
 }
 
 // run is a reconcile's state.
@@ -141,6 +201,7 @@ type run struct {
 	results         map[string]PluginResult
 	restart         RestartReport
 	deliveredBefore int
+	cancel          bool
 }
 
 // reconcile runs one child per plugin, at most MaxParallel at a time.
@@ -175,15 +236,23 @@ func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
 			var res PluginResult
 			if err := f.Get(ctx, &res); err != nil {
 				res = PluginResult{Name: p.Name, Version: p.Version, Action: ActionFailed, Reason: "failed after retries", Error: rootMessage(err)}
+				if temporal.IsCanceledError(err) {
+					res.Action, res.Reason, res.Error = ActionCancelled, "reconcile cancelled before this plugin finished", ""
+				}
 			}
 			r.results[p.Name] = res
 			workflow.SetCurrentDetails(ctx, r.details())
 		})
 	}
 	for running > 0 || next < len(plugins) {
-		for running < limit && next < len(plugins) {
+		// Once cancelled, no new plugin is started; the running ones are
+		// cancelled with the context and reported as they end.
+		for running < limit && next < len(plugins) && ctx.Err() == nil {
 			start(plugins[next])
 			next++
+		}
+		if running == 0 {
+			break
 		}
 		sel.Select(ctx)
 	}
@@ -252,6 +321,29 @@ func (r *run) result() ReconcileResult {
 		}
 	}
 	sort.Strings(res.Failed)
+	switch {
+	case r.cancel:
+		res.Outcome = OutcomeCancelled
+	case r.in.DryRun:
+		res.Outcome = OutcomeDryRun
+	case len(res.Failed) > 0:
+		res.Outcome = OutcomeFailed
+	case r.restart.Done:
+		res.Outcome = OutcomeRestarted
+	case res.Count(ActionDelivered) > 0:
+		res.Outcome = OutcomeDelivered
+	default:
+		res.Outcome = OutcomeRecordedOnly
+	}
+	if r.cancel {
+		owed := "no restart owed"
+		if res.Count(ActionDelivered) > 0 || r.restart.Needed {
+			owed = "restart left pending for the next reconcile"
+		}
+		res.Summary = fmt.Sprintf("cancelled: %d recorded, %d delivered, %d not finished; %s",
+			res.Count(ActionRecorded), res.Count(ActionDelivered), res.Count(ActionCancelled), owed)
+		return res
+	}
 	if r.in.DryRun {
 		res.Summary = fmt.Sprintf("plan: %d to record, %d to deliver, restart %s (%s)",
 			res.Count(ActionWouldRecord), res.Count(ActionWouldDeliver), yesNo(r.restart.Needed), r.restart.Reason)

@@ -24,6 +24,8 @@ type model struct {
 	marks       map[string]string // plugin -> identity after swap
 	identity    string
 
+	deliverTakes time.Duration
+
 	probes, deliveries, records, restarts, clears int
 	recorded                                      map[string]string // plugin -> via
 }
@@ -52,7 +54,11 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		}
 		return activities.Probe{Present: true, Version: v, Reason: "manifest found"}, nil
 	}).Maybe()
-	env.OnActivity(a.DeliverViaEIC, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.DeliverInput) (activities.Delivery, error) {
+	deliver := env.OnActivity(a.DeliverViaEIC, mock.Anything, mock.Anything)
+	if m.deliverTakes > 0 {
+		deliver = deliver.After(m.deliverTakes)
+	}
+	deliver.Return(func(_ context.Context, in activities.DeliverInput) (activities.Delivery, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if m.failDeliver[in.Plugin] {
@@ -125,8 +131,12 @@ func runReconcile(t *testing.T, m *model, in ReconcileInput, setup func(*testsui
 		require.NoError(t, env.GetWorkflowResult(&res))
 	} else {
 		var app *temporal.ApplicationError
-		if errors.As(err, &app) && app.HasDetails() {
+		var cancelled *temporal.CanceledError
+		switch {
+		case errors.As(err, &app) && app.HasDetails():
 			require.NoError(t, app.Details(&res))
+		case errors.As(err, &cancelled) && cancelled.HasDetails():
+			require.NoError(t, cancelled.Details(&res))
 		}
 	}
 	return res, err
@@ -282,4 +292,41 @@ func TestDeclarationDuringRunIsFoldedIn(t *testing.T) {
 	require.Len(t, res.Plugins, 6)
 	require.Equal(t, "2.0.0", m.onBox["f"])
 	require.Equal(t, "1.1.0", m.onBox["c"])
+}
+
+func TestCancelStopsDeliveriesAndLeavesTheRestartPending(t *testing.T) {
+	box := allOnBox()
+	delete(box, "a")
+	delete(box, "b")
+	delete(box, "c")
+	m := newModel(box)
+	m.deliverTakes = time.Minute
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), MaxParallel: 1}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.RegisterDelayedCallback(env.CancelWorkflow, 90*time.Second)
+	})
+	var cancelled *temporal.CanceledError
+	require.ErrorAs(t, err, &cancelled)
+	require.Equal(t, OutcomeCancelled, res.Outcome)
+	require.Equal(t, 0, m.restarts, "no restart after a cancel")
+	require.LessOrEqual(t, m.deliveries, 2, "no delivery started after the cancel")
+	require.Equal(t, 5-res.Count(ActionCancelled), res.Count(ActionDelivered)+res.Count(ActionRecorded))
+	require.Positive(t, res.Count(ActionCancelled))
+	require.Contains(t, res.Summary, "restart left pending")
+}
+
+func TestOutcomes(t *testing.T) {
+	m := newModel(allOnBox())
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeRecordedOnly, res.Outcome)
+
+	box := allOnBox()
+	delete(box, "a")
+	res, err = runReconcile(t, newModel(box), ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeRestarted, res.Outcome)
+
+	res, err = runReconcile(t, newModel(box), ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), DryRun: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeDryRun, res.Outcome)
 }

@@ -131,7 +131,10 @@ func run() error {
 	}
 
 	progress("starting Temporal server and Web UI (state in %s)", filepath.Join(state, "temporal"))
-	dev, err := devserver.Start(ctx, devserver.Options{StateDir: filepath.Join(state, "temporal"), FrontendPort: *frontendPort, UIPort: *uiPort})
+	dev, err := devserver.Start(ctx, devserver.Options{
+		StateDir: filepath.Join(state, "temporal"), FrontendPort: *frontendPort, UIPort: *uiPort,
+		SearchAttributes: workflows.SearchAttributes(),
+	})
 	if err != nil {
 		return err
 	}
@@ -175,6 +178,10 @@ func run() error {
 		return err
 	}
 	defer c.Close()
+	// A state directory from an older version may lack some attributes.
+	if err := workflows.EnsureSearchAttributes(ctx, c, devserver.Namespace); err != nil {
+		return err
+	}
 	rw := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
 	svc.Register(rw)
 	prov = &provisioner{fleet: fl, catalog: cat, store: svc.Store}

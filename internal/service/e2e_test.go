@@ -1,8 +1,6 @@
 package service_test
 
 import (
-	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,159 +9,58 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/server/temporaltest"
+	"go.temporal.io/sdk/converter"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/service/servicetest"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
 func TestMain(m *testing.M) { pgcluster.TestMain(m) }
 
-var declared = []workflows.Plugin{
-	{Name: "github-tools", Version: "1.2.0"},
-	{Name: "mcp-postgres", Version: "0.4.1"},
-	{Name: "code-review", Version: "2.0.0"},
-	{Name: "slack-notify", Version: "1.0.3"},
-	{Name: "sub-agent.planner", Version: "0.9.0"},
-}
-
-// stack is the whole product on real parts: an embedded Temporal server,
-// Postgres, the simulated fleet and the worker's own wiring.
-type stack struct {
-	t       *testing.T
-	fleet   *fleet.Fleet
-	cat     *catalog.Catalog
-	catDir  string
-	svc     *service.Service
-	client  client.Client
-	bundles map[string][]byte // name@version -> bundle
-}
-
-func newStack(t *testing.T) *stack {
-	if testing.Short() {
-		t.Skip("starts Temporal, Postgres and sshd")
-	}
-	s := &stack{t: t, fleet: fleettest.New(t), catDir: t.TempDir(), bundles: map[string][]byte{}}
-	for _, p := range declared {
-		require.NoError(t, catalog.Publish(s.catDir, p.Name, p.Version, map[string]string{"bin/run": "#!/bin/sh\necho " + p.Name + "\n"}))
-	}
-	require.NoError(t, catalog.Publish(s.catDir, "github-tools", "1.3.0", map[string]string{"bin/run": "#!/bin/sh\necho new\n"}))
-	var err error
-	s.cat, err = catalog.New(s.catDir)
-	require.NoError(t, err)
-
-	dsn := pgcluster.NewTestDatabase(t)
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := service.FromEnv()
-	cfg.DatabaseURL, cfg.CatalogDir, cfg.Migrate = dsn, s.catDir, true
-	cfg.AccessMode, cfg.SSHPort = "direct", s.fleet.Port
-	cfg.RestartMode, cfg.RestartCommand, cfg.IdentityCommand = "runtime", fleet.RestartCommand, fleet.IdentityCommand
-	s.svc, err = service.New(ctx(t), cfg, s.fleet.AWS.SDKConfig(), logger)
-	require.NoError(t, err)
-	t.Cleanup(s.svc.Close)
-
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	ts.NewWorkerWithOptions(workflows.TaskQueue, s.svc.Register, s.svc.WorkerOptions())
-	s.client = ts.GetDefaultClient()
-	return s
-}
-
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	return c
-}
-
-func (s *stack) bundle(name, version string) []byte {
-	b, err := s.cat.Bundle(context.Background(), name, version)
-	require.NoError(s.t, err)
-	return b.Data
-}
-
-// box starts a box with the named plugins boot-installed (at their declared
-// version unless overridden) and registers its workspace.
-func (s *stack) box(workspace string, bootInstalled map[string]string) *fleet.Box {
-	boot := map[string][]byte{}
-	for name, version := range bootInstalled {
-		boot[name] = s.bundle(name, version)
-	}
-	b, err := s.fleet.AddBox(fleet.BoxSpec{BootInstalled: boot})
-	require.NoError(s.t, err)
-	require.NoError(s.t, s.svc.Store.UpsertWorkspace(ctx(s.t), store.Workspace{
-		ID: workspace, InstanceID: b.InstanceID, Region: fleettest.Region, AvailabilityZone: b.AvailabilityZone,
-		OSUser: s.fleet.User(), PluginRoot: b.PluginRoot,
-	}))
-	return b
-}
-
-func all(except ...string) map[string]string {
-	out := map[string]string{}
-	for _, p := range declared {
-		out[p.Name] = p.Version
-	}
-	for _, e := range except {
-		delete(out, e)
-	}
-	return out
-}
-
-func (s *stack) reconcile(workspace string, plugins []workflows.Plugin) workflows.ReconcileResult {
-	s.t.Helper()
-	run, err := workflows.Start(ctx(s.t), s.client, workflows.ReconcileInput{WorkspaceID: workspace, Plugins: plugins})
-	require.NoError(s.t, err)
-	res, err := workflows.Result(ctx(s.t), run)
-	require.NoError(s.t, err)
-	return res
-}
-
-func (s *stack) rows(workspace string) map[string]store.Tracking {
-	rows, err := s.svc.Store.TrackingRows(ctx(s.t), workspace)
-	require.NoError(s.t, err)
-	out := map[string]store.Tracking{}
-	for _, r := range rows {
-		out[r.PluginName] = r
-	}
-	return out
-}
+var (
+	declared = servicetest.Declared
+	all      = servicetest.All
+	ctx      = servicetest.Ctx
+)
 
 func TestReconcileEndToEnd(t *testing.T) {
-	s := newStack(t)
+	s := servicetest.New(t)
 
 	t.Run("a: all boot-installed: record only, no restart, one key push", func(t *testing.T) {
-		box := s.box("ws-a", all())
-		res := s.reconcile("ws-a", declared)
+		box := s.Box("ws-a", all())
+		res := s.Reconcile("ws-a", declared)
 		require.Equal(t, 5, res.Count(workflows.ActionRecorded))
 		require.Equal(t, 0, res.Count(workflows.ActionDelivered))
 		require.False(t, res.Restart.Done)
-		rows := s.rows("ws-a")
+		rows := s.Rows("ws-a")
 		require.Len(t, rows, 5)
 		for _, r := range rows {
 			require.Equal(t, "boot", r.InstalledVia, r.PluginName)
 			require.Nil(t, r.DeliveredAt)
 		}
 		require.Equal(t, 0, box.Restarts())
-		require.Equal(t, 1, s.fleet.AWS.KeyPushes(box.InstanceID))
+		require.Equal(t, 1, s.Fleet.AWS.KeyPushes(box.InstanceID))
 		require.Equal(t, 1, box.Logins())
-		w, err := s.svc.Store.Workspace(ctx(t), "ws-a")
+		w, err := s.Service.Store.Workspace(ctx(t), "ws-a")
 		require.NoError(t, err)
 		require.Equal(t, box.HostKey, w.HostKey, "host key trusted on first use and pinned")
 	})
 
 	t.Run("b+c: two missing: deliver two, one restart; again: nothing", func(t *testing.T) {
-		box := s.box("ws-b", all("mcp-postgres", "slack-notify"))
-		res := s.reconcile("ws-b", declared)
+		box := s.Box("ws-b", all("mcp-postgres", "slack-notify"))
+		res := s.Reconcile("ws-b", declared)
 		require.Equal(t, 3, res.Count(workflows.ActionRecorded))
 		require.Equal(t, 2, res.Count(workflows.ActionDelivered))
 		require.True(t, res.Restart.Done)
 		require.Equal(t, 1, box.Restarts())
 		for _, name := range []string{"mcp-postgres", "slack-notify"} {
-			b, err := s.cat.Bundle(ctx(t), name, all()[name])
+			b, err := s.Catalog.Bundle(ctx(t), name, all()[name])
 			require.NoError(t, err)
 			onBox, err := os.ReadFile(filepath.Join(box.PluginRoot, name, ".bundle-digest"))
 			require.NoError(t, err)
@@ -171,26 +68,26 @@ func TestReconcileEndToEnd(t *testing.T) {
 			script, err := os.ReadFile(filepath.Join(box.PluginRoot, name, "bin", "run"))
 			require.NoError(t, err)
 			require.Contains(t, string(script), name)
-			require.Equal(t, "reconcile", s.rows("ws-b")[name].InstalledVia)
+			require.Equal(t, "reconcile", s.Rows("ws-b")[name].InstalledVia)
 		}
-		w, err := s.svc.Store.Workspace(ctx(t), "ws-b")
+		w, err := s.Service.Store.Workspace(ctx(t), "ws-b")
 		require.NoError(t, err)
 		require.Nil(t, w.RestartPendingSince, "pending cleared after the verified restart")
-		ledger, err := s.svc.Store.Restarts(ctx(t), "ws-b")
+		ledger, err := s.Service.Store.Restarts(ctx(t), "ws-b")
 		require.NoError(t, err)
 		require.Len(t, ledger, 1)
 		require.Equal(t, box.Identity(), ledger[0].IdentityAfter)
 
-		again := s.reconcile("ws-b", declared)
+		again := s.Reconcile("ws-b", declared)
 		require.Equal(t, 5, again.Count(workflows.ActionRecorded))
 		require.Equal(t, 0, again.Count(workflows.ActionDelivered))
 		require.False(t, again.Restart.Done)
 		require.Equal(t, 1, box.Restarts(), "no second restart")
-		require.Equal(t, "reconcile", s.rows("ws-b")["mcp-postgres"].InstalledVia, "still ours")
+		require.Equal(t, "reconcile", s.Rows("ws-b")["mcp-postgres"].InstalledVia, "still ours")
 	})
 
 	t.Run("d: two triggers at once: one run, one restart", func(t *testing.T) {
-		box := s.box("ws-d", all("code-review"))
+		box := s.Box("ws-d", all("code-review"))
 		var wg sync.WaitGroup
 		runs := make([]client.WorkflowRun, 2)
 		for i := range runs {
@@ -198,7 +95,7 @@ func TestReconcileEndToEnd(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				var err error
-				runs[i], err = workflows.Start(ctx(t), s.client, workflows.ReconcileInput{WorkspaceID: "ws-d", Plugins: declared})
+				runs[i], err = workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-d", Plugins: declared})
 				require.NoError(t, err)
 			}()
 		}
@@ -211,18 +108,139 @@ func TestReconcileEndToEnd(t *testing.T) {
 	})
 
 	t.Run("e: one version upgraded: one delivery, one restart", func(t *testing.T) {
-		box := s.box("ws-e", all())
-		s.reconcile("ws-e", declared)
+		box := s.Box("ws-e", all())
+		s.Reconcile("ws-e", declared)
 		require.Equal(t, 0, box.Restarts())
 		upgraded := append([]workflows.Plugin(nil), declared...)
 		upgraded[0].Version = "1.3.0"
-		res := s.reconcile("ws-e", upgraded)
+		res := s.Reconcile("ws-e", upgraded)
 		require.Equal(t, 1, res.Count(workflows.ActionDelivered))
 		require.Equal(t, 4, res.Count(workflows.ActionRecorded))
 		require.Equal(t, 1, box.Restarts())
 		m, err := os.ReadFile(box.ManifestPath("github-tools"))
 		require.NoError(t, err)
 		require.Contains(t, string(m), "1.3.0")
-		require.Equal(t, "1.3.0", s.rows("ws-e")["github-tools"].Version)
+		require.Equal(t, "1.3.0", s.Rows("ws-e")["github-tools"].Version)
 	})
+}
+
+func TestOperatorsEndToEnd(t *testing.T) {
+	s := servicetest.New(t)
+
+	t.Run("a burst of 10 triggers gives one run and one restart", func(t *testing.T) {
+		box := s.Box("ws-burst", all("code-review", "slack-notify"))
+		var wg sync.WaitGroup
+		runIDs := make(chan string, 10)
+		for i := range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				plugins := declared
+				if i%2 == 1 {
+					plugins = declared[:3] // a narrower declaration joins too
+				}
+				run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-burst", Plugins: plugins})
+				require.NoError(t, err)
+				runIDs <- run.GetRunID()
+			}()
+		}
+		wg.Wait()
+		close(runIDs)
+		ids := map[string]bool{}
+		for id := range runIDs {
+			ids[id] = true
+		}
+		require.Len(t, ids, 1, "every trigger of the burst joined one run")
+		var burst string
+		for id := range ids {
+			burst = id
+		}
+		res, err := workflows.Result(ctx(t), s.Client.GetWorkflow(ctx(t), workflows.ReconcileWorkflowID("ws-burst"), burst))
+		require.NoError(t, err)
+		require.Equal(t, 2, res.Count(workflows.ActionDelivered))
+		require.Equal(t, 1, box.Restarts())
+
+		// A trigger after the burst finds everything in place.
+		after := s.Reconcile("ws-burst", declared)
+		require.Equal(t, 0, after.Count(workflows.ActionDelivered))
+		require.Equal(t, 1, box.Restarts())
+	})
+
+	t.Run("history and visibility are readable", func(t *testing.T) {
+		box := s.Box("ws-visible", all("github-tools"))
+		res := s.Reconcile("ws-visible", declared)
+		require.Equal(t, workflows.OutcomeRestarted, res.Outcome)
+
+		// The activity summaries name what each step did.
+		var summaries []string
+		for _, id := range []string{workflows.ReconcileWorkflowID("ws-visible"), workflows.PluginWorkflowID(workflows.ReconcileWorkflowID("ws-visible"), "github-tools")} {
+			iter := s.Client.GetWorkflowHistory(ctx(t), id, "", false, 0)
+			for iter.HasNext() {
+				ev, err := iter.Next()
+				require.NoError(t, err)
+				if attrs := ev.GetActivityTaskScheduledEventAttributes(); attrs != nil && ev.GetUserMetadata().GetSummary() != nil {
+					var sum string
+					require.NoError(t, converterFromPayload(ev.GetUserMetadata().GetSummary(), &sum))
+					summaries = append(summaries, sum)
+				}
+			}
+		}
+		joined := strings.Join(summaries, "\n")
+		require.Contains(t, joined, "probe github-tools@1.2.0 on "+box.InstanceID)
+		require.Contains(t, joined, "deliver github-tools@1.2.0 to "+box.InstanceID)
+		require.Contains(t, joined, "restart "+box.InstanceID+": 1 plugin(s) delivered")
+
+		// Search attributes: find the run by outcome, workspace and plugin.
+		require.Eventually(t, func() bool {
+			resp, err := s.Client.ListWorkflow(ctx(t), &workflowservice.ListWorkflowExecutionsRequest{
+				Query: `ReconcileOutcome = "restarted" AND WorkspaceId = "ws-visible" AND PluginNames = "github-tools" AND InstanceId = "` + box.InstanceID + `"`,
+			})
+			return err == nil && len(resp.Executions) == 1
+		}, 20*time.Second, 200*time.Millisecond)
+	})
+
+	t.Run("retry after a failure delivers the rest and restarts once more only for it", func(t *testing.T) {
+		box := s.Box("ws-retry", all("mcp-postgres"))
+		plugins := append(append([]workflows.Plugin(nil), declared...), workflows.Plugin{Name: "late-plugin", Version: "1.0.0"})
+		run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-retry", Plugins: plugins})
+		require.NoError(t, err)
+		res, err := workflows.Result(ctx(t), run)
+		require.ErrorContains(t, err, "late-plugin")
+		require.Equal(t, []string{"late-plugin"}, res.Failed)
+		require.Equal(t, workflows.OutcomeFailed, res.Outcome)
+		require.Equal(t, 1, res.Count(workflows.ActionDelivered))
+		require.Equal(t, 1, box.Restarts(), "what was delivered got its restart")
+
+		// The operator fixes the catalog and retries: nothing is delivered twice.
+		require.NoError(t, catalog.Publish(s.CatalogDir, "late-plugin", "1.0.0", nil))
+		again := s.Reconcile("ws-retry", plugins)
+		require.Equal(t, 1, again.Count(workflows.ActionDelivered), "only late-plugin")
+		require.Equal(t, 5, again.Count(workflows.ActionRecorded))
+		require.Equal(t, 2, box.Restarts())
+	})
+
+	t.Run("terminate then re-run repairs", func(t *testing.T) {
+		box := s.Box("ws-term", all("code-review"))
+		s.Fleet.AWS.SetFaults(fakeaws.Faults{Latency: 2 * time.Second})
+		run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-term", Plugins: declared})
+		require.NoError(t, err)
+		time.Sleep(time.Second)
+		require.NoError(t, s.Client.TerminateWorkflow(ctx(t), run.GetID(), run.GetRunID(), "operator test"))
+		s.Fleet.AWS.SetFaults(fakeaws.Faults{})
+		// The terminated run's children are cancelled; wait until they close
+		// before re-running under the same child IDs.
+		require.Eventually(t, func() bool {
+			d, err := s.Client.DescribeWorkflowExecution(ctx(t), workflows.PluginWorkflowID(run.GetID(), "code-review"), "")
+			return err != nil || d.WorkflowExecutionInfo.GetCloseTime() != nil
+		}, time.Minute, 200*time.Millisecond)
+
+		res := s.Reconcile("ws-term", declared)
+		require.Empty(t, res.Failed)
+		require.Equal(t, 1, box.Restarts(), "the re-run restarts once")
+		require.Len(t, s.Rows("ws-term"), 5)
+	})
+}
+
+func converterFromPayload(p *commonpb.Payload, v any) error {
+	return converter.GetDefaultDataConverter().FromPayload(p, v)
 }

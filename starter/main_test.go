@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/service/servicetest"
+	"github.com/plugin-reconciler/plugin-reconciler/workflows"
+)
+
+func TestMain(m *testing.M) { pgcluster.TestMain(m) }
+
+func runCmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), args, &out)
+	return out.String(), err
+}
+
+func TestArgumentErrorsNameWhatIsWrong(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "usage:"},
+		{[]string{"reconcile"}, "--workspace is required"},
+		{[]string{"reconcile", "--workspace", "ws", "--plugin", "gh"}, `--plugin "gh" must be name@version`},
+		{[]string{"workspace", "add", "--workspace", "ws"}, "--instance and --region are required"},
+		{[]string{"terminate", "--workspace", "ws"}, "--reason is required"},
+		{[]string{"migrate", "--database-url", ""}, "DATABASE_URL"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+	}
+	for _, tt := range tests {
+		_, err := runCmd(t, tt.args...)
+		require.ErrorContains(t, err, tt.want, tt.args)
+	}
+}
+
+func TestOperatorCommandsOnTheRealStack(t *testing.T) {
+	s := servicetest.New(t)
+	t.Setenv("TEMPORAL_ADDRESS", s.Frontend)
+	t.Setenv("TEMPORAL_NAMESPACE", s.Namespace)
+	db := "--database-url=" + s.DSN
+
+	out, err := runCmd(t, "migrate", db)
+	require.NoError(t, err)
+	require.Contains(t, out, "schema at version 1")
+
+	box := s.BootBox(servicetest.All("code-review"))
+	out, err = runCmd(t, "workspace", "add", db, "--workspace", "ws-cli", "--instance", box.InstanceID,
+		"--region", "us-east-1", "--os-user", s.Fleet.User(), "--plugin-root", box.PluginRoot)
+	require.NoError(t, err)
+	require.Contains(t, out, "workspace ws-cli registered on "+box.InstanceID)
+
+	args := []string{"--workspace", "ws-cli"}
+	for _, p := range servicetest.Declared {
+		args = append(args, "--plugin", p.String())
+	}
+	out, err = runCmd(t, append([]string{"reconcile", "--dry-run"}, args...)...)
+	require.NoError(t, err)
+	require.Contains(t, out, "plan: 4 to record, 1 to deliver, restart yes")
+	require.Contains(t, out, "code-review")
+	require.Equal(t, 0, box.Restarts())
+
+	out, err = runCmd(t, append([]string{"reconcile", "--wait", "--json"}, args...)...)
+	require.NoError(t, err)
+	var res workflows.ReconcileResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Equal(t, 1, res.Count(workflows.ActionDelivered))
+	require.Equal(t, 1, box.Restarts())
+
+	out, err = runCmd(t, "status", db, "--workspace", "ws-cli")
+	require.NoError(t, err)
+	require.Contains(t, out, "no restart pending")
+	require.Contains(t, out, "code-review")
+	require.Regexp(t, `code-review\s+2\.0\.0\s+reconcile`, out)
+	require.Contains(t, out, "1 plugin(s) delivered")
+
+	require.Eventually(t, func() bool {
+		out, err = runCmd(t, "list", "--workspace", "ws-cli", "--outcome", "restarted")
+		return err == nil && strings.Contains(out, "1 reconciles match")
+	}, 20e9, 2e8)
+
+	// Retry re-runs the last input: everything is in place now.
+	out, err = runCmd(t, "retry", "--workspace", "ws-cli", "--wait")
+	require.NoError(t, err)
+	require.Contains(t, out, "5 recorded, 0 delivered")
+	require.Equal(t, 1, box.Restarts())
+
+	// Reconcile without --plugin re-declares the tracked plugins.
+	out, err = runCmd(t, "reconcile", db, "--workspace", "ws-cli", "--wait")
+	require.NoError(t, err)
+	require.Contains(t, out, "5 recorded, 0 delivered")
+
+	_, err = runCmd(t, "cancel", "--workspace", "ws-cli")
+	require.ErrorContains(t, err, "no reconcile running for ws-cli")
+	_, err = runCmd(t, "terminate", "--workspace", "ws-cli", "--reason", "test")
+	require.ErrorContains(t, err, "no reconcile running for ws-cli")
+}
