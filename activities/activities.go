@@ -170,6 +170,20 @@ func (a *Activities) ProbeManifest(ctx context.Context, in ProbeInput) (Probe, e
 	if err := plugin.ValidateName(in.Plugin); err != nil {
 		return Probe{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
 	}
+	p, err := a.probe(ctx, in)
+	result := "error"
+	switch {
+	case err != nil:
+	case p.Present:
+		result = "present"
+	default:
+		result = "absent"
+	}
+	activity.GetMetricsHandler(ctx).WithTags(map[string]string{"result": result}).Counter("plugin_probe_total").Inc(1)
+	return p, err
+}
+
+func (a *Activities) probe(ctx context.Context, in ProbeInput) (Probe, error) {
 	data, err := a.Box.ReadManifest(ctx, in.Workspace.target(), in.Plugin)
 	if errors.Is(err, eic.ErrNotFound) {
 		return Probe{Reason: "no manifest on the box"}, nil
@@ -260,6 +274,9 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in DeliverInput) (Delive
 	}
 	if err := a.Store.SealRestartMark(ctx, in.Workspace.ID, in.Plugin, id); err != nil {
 		return Delivery{}, err
+	}
+	if changed {
+		activity.GetMetricsHandler(ctx).Counter("plugin_delivery_total").Inc(1)
 	}
 	return Delivery{Digest: b.Digest, Changed: changed}, nil
 }

@@ -32,17 +32,6 @@ func run() error {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx := context.Background()
 
-	copts, err := envconfig.LoadDefaultClientOptions()
-	if err != nil {
-		return fmt.Errorf("temporal client configuration: %w", err)
-	}
-	copts.Logger = tlog.NewStructuredLogger(logger)
-	c, err := client.Dial(copts)
-	if err != nil {
-		return fmt.Errorf("connect to temporal: %w", err)
-	}
-	defer c.Close()
-
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
 	if err != nil {
 		return fmt.Errorf("aws configuration: %w", err)
@@ -52,6 +41,25 @@ func run() error {
 		return err
 	}
 	defer svc.Close()
+	if cfg.MetricsAddr != "" {
+		addr, err := svc.Metrics.Serve(ctx, cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		logger.Info("metrics at http://" + addr + "/metrics")
+	}
+
+	copts, err := envconfig.LoadDefaultClientOptions()
+	if err != nil {
+		return fmt.Errorf("temporal client configuration: %w", err)
+	}
+	copts.Logger = tlog.NewStructuredLogger(logger)
+	copts.MetricsHandler = svc.Metrics.Handler
+	c, err := client.Dial(copts)
+	if err != nil {
+		return fmt.Errorf("connect to temporal: %w", err)
+	}
+	defer c.Close()
 
 	// The workflows upsert their search attributes; make sure the namespace
 	// has them (an operator call, which a restricted key may not make).

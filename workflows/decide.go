@@ -31,6 +31,10 @@ type RestartDecision struct {
 	// outlived are to be cleared.
 	Clear  bool
 	Reason string
+	// Code is a short, fixed label for metrics: delivered, owed,
+	// unverified, no_mark (restart) or nothing_delivered,
+	// runtime_restarted (no restart); Prometheus-safe as they are.
+	Code string
 }
 
 // DecideRestart decides the box's restart from durable state, not only from
@@ -58,17 +62,21 @@ func DecideRestart(delivered, present int, f activities.RestartFacts) RestartDec
 		}
 		return "restart still owed from " + since
 	}
+	code := "owed"
+	if delivered > 0 {
+		code = "delivered"
+	}
 	switch {
 	case !pending && delivered == 0:
-		return RestartDecision{Reason: fmt.Sprintf("%d plugin(s) already on the box, nothing delivered: restart skipped", present)}
+		return RestartDecision{Code: "nothing_delivered", Reason: fmt.Sprintf("%d plugin(s) already on the box, nothing delivered: restart skipped", present)}
 	case !pending:
-		return RestartDecision{Restart: true, Reason: cause() + " (no restart mark found: restarting to be safe)"}
+		return RestartDecision{Restart: true, Code: "no_mark", Reason: cause() + " (no restart mark found: restarting to be safe)"}
 	case len(f.MarkIdentities) == 0:
-		return RestartDecision{Restart: true, Reason: cause()}
+		return RestartDecision{Restart: true, Code: code, Reason: cause()}
 	case slices.Contains(f.MarkIdentities, ""):
-		return RestartDecision{Restart: true, Reason: cause() + "; a delivery was not verified after its swap"}
+		return RestartDecision{Restart: true, Code: "unverified", Reason: cause() + "; a delivery was not verified after its swap"}
 	case slices.Contains(f.MarkIdentities, f.CurrentIdentity):
-		return RestartDecision{Restart: true, Reason: cause()}
+		return RestartDecision{Restart: true, Code: code, Reason: cause()}
 	}
-	return RestartDecision{Clear: true, Reason: "runtime already restarted after the last delivery: restart skipped"}
+	return RestartDecision{Clear: true, Code: "runtime_restarted", Reason: "runtime already restarted after the last delivery: restart skipped"}
 }

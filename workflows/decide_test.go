@@ -68,6 +68,7 @@ func TestDecideRestart(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			got := DecideRestart(tt.delivered, tt.present, tt.facts)
+			require.NotEmpty(t, got.Code, "a metrics label for every decision")
 			require.Equal(t, tt.want.Restart, got.Restart, got.Reason)
 			require.Equal(t, tt.want.Clear, got.Clear, got.Reason)
 			require.Contains(t, got.Reason, tt.reason)

@@ -101,6 +101,13 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		logger.Info("restart decision", "workspace", ws.ID, "restart", d.Restart, "reason", d.Reason)
 		workflow.SetCurrentDetails(ctx, r.details())
 
+		if !in.DryRun {
+			name := "box_restart_skipped_total"
+			if d.Restart {
+				name = "box_restart_total"
+			}
+			workflow.GetMetricsHandler(ctx).WithTags(map[string]string{"reason": d.Code}).Counter(name).Inc(1)
+		}
 		switch {
 		case in.DryRun:
 		case d.Restart:

@@ -1,8 +1,12 @@
 package service_test
 
 import (
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -122,6 +126,75 @@ func TestReconcileEndToEnd(t *testing.T) {
 		require.Contains(t, string(m), "1.3.0")
 		require.Equal(t, "1.3.0", s.Rows("ws-e")["github-tools"].Version)
 	})
+
+	t.Run("f: the metrics endpoint counts what happened", func(t *testing.T) {
+		addr, err := s.Service.Metrics.Serve(ctx(t), "127.0.0.1:0")
+		require.NoError(t, err)
+		url := "http://" + addr + "/metrics"
+		pushes := 0
+		for _, id := range []string{"ws-a", "ws-b", "ws-d", "ws-e"} {
+			w, err := s.Service.Store.Workspace(ctx(t), id)
+			require.NoError(t, err)
+			pushes += s.Fleet.AWS.KeyPushes(w.InstanceID)
+		}
+		// Probes: a 5, b 5 then c 5, d 5, e 5 then 5; three absent in all.
+		want := map[string]float64{
+			`plugin_probe_total{result="present"}`:                  27,
+			`plugin_probe_total{result="absent"}`:                   3,
+			`plugin_delivery_total`:                                 4,
+			`box_restart_total{reason="delivered"}`:                 3,
+			`box_restart_skipped_total{reason="nothing_delivered"}`: 3,
+			`eic_key_push_total`:                                    float64(pushes),
+		}
+		require.Eventually(t, func() bool {
+			for sample, v := range want {
+				if scrape(t, url, sample) != v {
+					return false
+				}
+			}
+			return true
+		}, 10*time.Second, 200*time.Millisecond)
+		for sample, v := range want {
+			require.Equal(t, v, scrape(t, url, sample), sample)
+		}
+		require.Equal(t, scrape(t, url, "eic_key_push_total"), scrape(t, url, "ssh_handshake_total"))
+	})
+}
+
+// scrape sums the samples of a metric whose labels include the given ones
+// (name{k="v",...}); the SDK adds labels of its own.
+func scrape(t *testing.T, url, sample string) float64 {
+	t.Helper()
+	name, want, _ := strings.Cut(strings.TrimSuffix(sample, "}"), "{")
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	sum := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		metric, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		n, labels, _ := strings.Cut(strings.TrimSuffix(metric, "}"), "{")
+		if n != name {
+			continue
+		}
+		have := strings.Split(labels, ",")
+		match := true
+		for _, l := range strings.Split(want, ",") {
+			if l != "" && !slices.Contains(have, l) {
+				match = false
+			}
+		}
+		if match {
+			v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			require.NoError(t, err, line)
+			sum += v
+		}
+	}
+	return sum
 }
 
 func TestOperatorsEndToEnd(t *testing.T) {

@@ -41,12 +41,14 @@ type Config struct {
 	RestartCommand  string // RESTART_COMMAND
 	IdentityCommand string // IDENTITY_COMMAND
 	MaxActivities   int    // MAX_CONCURRENT_ACTIVITIES (default 64)
+	MetricsAddr     string // METRICS_ADDR (default 127.0.0.1:9464; empty string disables)
 }
 
 // Variables lists every environment variable the worker reads itself.
 var Variables = []string{
 	"DATABASE_URL", "CATALOG_DIR", "MIGRATE", "EIC_MODE", "SSH_PORT", "EIC_ENDPOINT_ID",
 	"EIC_ENDPOINT_URL", "RESTART_MODE", "RESTART_COMMAND", "IDENTITY_COMMAND", "MAX_CONCURRENT_ACTIVITIES",
+	"METRICS_ADDR",
 }
 
 func envInt(name string, def int) int {
@@ -77,6 +79,7 @@ func FromEnv() Config {
 		RestartCommand:  envOr("RESTART_COMMAND", eic.DefaultRestartCommand),
 		IdentityCommand: envOr("IDENTITY_COMMAND", eic.DefaultIdentityCommand),
 		MaxActivities:   envInt("MAX_CONCURRENT_ACTIVITIES", 64),
+		MetricsAddr:     envOr("METRICS_ADDR", "127.0.0.1:9464"),
 	}
 }
 
@@ -93,6 +96,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RestartCommand, "restart-command", c.RestartCommand, "command that restarts the runtime on a box (RESTART_COMMAND)")
 	fs.StringVar(&c.IdentityCommand, "identity-command", c.IdentityCommand, "command that prints the runtime's identity (IDENTITY_COMMAND)")
 	fs.IntVar(&c.MaxActivities, "max-activities", c.MaxActivities, "concurrent activities per worker (MAX_CONCURRENT_ACTIVITIES)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of the Prometheus /metrics endpoint (METRICS_ADDR)")
 }
 
 // Validate names the first bad setting.
@@ -115,6 +119,7 @@ type Service struct {
 	Store      *store.Store
 	Access     *eic.Access
 	Activities *activities.Activities
+	Metrics    *Metrics
 	cfg        Config
 }
 
@@ -158,10 +163,17 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 		st.Close()
 		return nil, err
 	}
+	m, err := newMetrics(access)
+	if err != nil {
+		_ = access.Close()
+		st.Close()
+		return nil, err
+	}
 	return &Service{
 		Store:      st,
 		Access:     access,
 		Activities: &activities.Activities{Box: access, Store: st, Catalog: cat, RestartMode: cfg.RestartMode},
+		Metrics:    m,
 		cfg:        cfg,
 	}, nil
 }
@@ -180,6 +192,7 @@ func (s *Service) WorkerOptions() worker.Options {
 
 // Close releases connections.
 func (s *Service) Close() {
+	_ = s.Metrics.closer()
 	_ = s.Access.Close()
 	s.Store.Close()
 }

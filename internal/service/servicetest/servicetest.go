@@ -77,7 +77,7 @@ func New(t *testing.T) *Stack {
 	require.NoError(t, err)
 	t.Cleanup(s.Service.Close)
 
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts := temporaltest.NewServer(temporaltest.WithT(t), temporaltest.WithBaseClientOptions(client.Options{MetricsHandler: s.Service.Metrics.Handler}))
 	s.Client, s.Namespace, s.Frontend = ts.GetDefaultClient(), ts.GetDefaultNamespace(), ts.GetFrontendHostPort()
 	require.NoError(t, workflows.EnsureSearchAttributes(Ctx(t), s.Client, s.Namespace))
 	ts.NewWorkerWithOptions(workflows.TaskQueue, s.Service.Register, s.Service.WorkerOptions())

@@ -1,0 +1,77 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/uber-go/tally/v4"
+	tallyprom "github.com/uber-go/tally/v4/prometheus"
+	"go.temporal.io/sdk/client"
+	sdktally "go.temporal.io/sdk/contrib/tally"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
+)
+
+// Metrics is the worker's Prometheus registry. The SDK's metrics, and the
+// counters the workflows and activities emit through the SDK's metrics
+// handler (plugin_probe_total{result}, plugin_delivery_total,
+// box_restart_total{reason}, box_restart_skipped_total{reason}), reach it
+// through tally's Prometheus reporter; box access's eic_key_push_total and
+// ssh_handshake_total are read from its counters at scrape time.
+type Metrics struct {
+	Registry *prometheus.Registry
+	Handler  client.MetricsHandler
+	closer   func() error
+}
+
+func newMetrics(access *eic.Access) (*Metrics, error) {
+	reg := prometheus.NewRegistry()
+	reporter := tallyprom.NewReporter(tallyprom.Options{Registerer: reg})
+	scope, closer := tally.NewRootScope(tally.ScopeOptions{
+		CachedReporter:  reporter,
+		Separator:       tallyprom.DefaultSeparator,
+		SanitizeOptions: &sdktally.PrometheusSanitizeOptions,
+	}, time.Second)
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "eic_key_push_total", Help: "SSH public keys pushed with EC2 Instance Connect SendSSHPublicKey."},
+			func() float64 { return float64(access.Stats().KeyPushes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ssh_handshake_total", Help: "SSH handshakes completed with boxes."},
+			func() float64 { return float64(access.Stats().Handshakes) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			_ = closer.Close()
+			return nil, err
+		}
+	}
+	return &Metrics{Registry: reg, Handler: sdktally.NewMetricsHandler(scope), closer: closer.Close}, nil
+}
+
+// Serve serves /metrics on addr until ctx ends; it returns the address
+// actually bound (addr may use port 0).
+func (m *Metrics) Serve(ctx context.Context, addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("metrics listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener was closed with the context
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return ln.Addr().String(), nil
+}
