@@ -175,8 +175,9 @@ func (r *run) fail(ctx workflow.Context, err error) (ReconcileResult, error) {
 
 // cancelled ends a cancelled run: no new delivery was started after the
 // cancel, what the children verified is recorded, and a restart owed by a
-// delivery stays pending in the store for the next reconcile. The result
-// says so, as the cancellation's details.
+// delivery (even one cut in the middle) stays pending in the store for the
+// next reconcile. The result, the cancellation's details, says whether one
+// is owed, as read from the store after the cancel.
 func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 	for name, res := range r.results {
 		if res.Action == ActionPending {
@@ -185,8 +186,18 @@ func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 		}
 	}
 	r.cancel = true
-	res := r.result()
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	var facts activities.RestartFacts
+	fctx := withActivity(dctx, "read restart state of "+r.ws.InstanceID+" after cancel", 30*time.Second,
+		&temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: permanent})
+	if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, r.ws).Get(dctx, &facts); err != nil {
+		r.restart = RestartReport{Needed: true, Reason: "cancelled; could not read the restart state (" + rootMessage(err) + "): the next reconcile decides"}
+	} else if facts.PendingSince != nil || len(facts.MarkIdentities) > 0 {
+		r.restart = RestartReport{Needed: true, Reason: "cancelled: restart left pending for the next reconcile"}
+	} else {
+		r.restart = RestartReport{Reason: "cancelled: no restart owed"}
+	}
+	res := r.result()
 	_ = r.search(dctx, SearchOutcome.ValueSet(OutcomeCancelled))
 	workflow.GetLogger(ctx).Info("reconcile cancelled", "summary", res.Summary)
 	return res, temporal.NewCanceledError(res)
@@ -344,7 +355,7 @@ func (r *run) result() ReconcileResult {
 	}
 	if r.cancel {
 		owed := "no restart owed"
-		if res.Count(ActionDelivered) > 0 || r.restart.Needed {
+		if r.restart.Needed {
 			owed = "restart left pending for the next reconcile"
 		}
 		res.Summary = fmt.Sprintf("cancelled: %d recorded, %d delivered, %d not finished; %s",

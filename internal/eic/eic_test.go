@@ -555,3 +555,21 @@ func TestTargetValidation(t *testing.T) {
 	_, err := net.ResolveTCPAddr("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 }
+
+func TestBoxLatencyIsAddedEachWay(t *testing.T) {
+	e := newEnv(t, eic.Direct, nil)
+	_, err := e.access.RuntimeIdentity(ctx(t), e.target) // connect first
+	require.NoError(t, err)
+	e.box.SetLatency(100 * time.Millisecond)
+	start := time.Now()
+	_, err = e.access.RuntimeIdentity(ctx(t), e.target)
+	require.NoError(t, err)
+	// A command costs at least one round trip (open, exec, output, exit
+	// overlap), so no less than 2 × 100 ms.
+	require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
+	e.box.SetLatency(0)
+	start = time.Now()
+	_, err = e.access.RuntimeIdentity(ctx(t), e.target)
+	require.NoError(t, err)
+	require.Less(t, time.Since(start), 200*time.Millisecond)
+}

@@ -54,6 +54,9 @@ const keysCommand = "/usr/bin/curl"
 type Fleet struct {
 	AWS  *fakeaws.Server
 	Port int // sshd port, the same on every box (each box has its own address)
+	// innerPort is where sshd itself listens; Port is the box's link
+	// (see SetLatency).
+	innerPort int
 
 	dir      string
 	user     *user.User
@@ -105,6 +108,7 @@ func New(aws *fakeaws.Server) (*Fleet, error) {
 		f.subnet[i] = byte(n.Int64() + 2)
 	}
 	f.Port = freeport.MustGetFreePort()
+	f.innerPort = freeport.MustGetFreePort()
 	return f, nil
 }
 
@@ -124,6 +128,7 @@ func (f *Fleet) Close() error {
 	f.mu.Unlock()
 	for _, b := range boxes {
 		b.StopSSHD()
+		b.link.close()
 	}
 	return os.RemoveAll(f.dir)
 }
@@ -157,10 +162,16 @@ type Box struct {
 
 	fleet *Fleet
 	dir   string
+	link  *linkProxy
 	mu    sync.Mutex
 	cmd   *exec.Cmd
 	done  chan struct{}
 }
+
+// SetLatency delays everything between the box and its clients by d each
+// way (the round trip costs 2d), for latency-bound benchmarks and for
+// catching a transfer in the middle.
+func (b *Box) SetLatency(d time.Duration) { b.link.delay.Store(int64(d)) }
 
 // AddBox starts a box: writes its files, registers it with the fake AWS
 // endpoint, starts its sshd and waits until it accepts connections.
@@ -197,7 +208,13 @@ func (f *Fleet) AddBox(spec BoxSpec) (*Box, error) {
 		PrivateIP:        b.PrivateIP,
 		OnReboot:         func() { _ = b.Reboot() },
 	})
+	link, err := startLinkProxy(b.Addr(), b.sshdAddr())
+	if err != nil {
+		return nil, fmt.Errorf("box %s link: %w", b.InstanceID, err)
+	}
+	b.link = link
 	if err := b.StartSSHD(); err != nil {
+		link.close()
 		return nil, err
 	}
 	f.mu.Lock()
@@ -293,7 +310,7 @@ func (b *Box) writeConfig() error {
 		keysUser = f.user.Username
 	}
 	cfg := strings.Join([]string{
-		"ListenAddress " + net.JoinHostPort(b.PrivateIP, strconv.Itoa(b.Port)),
+		"ListenAddress " + b.sshdAddr(),
 		"HostKey " + filepath.Join(b.dir, "ssh_host_ed25519_key"),
 		"PidFile none",
 		"AuthorizedKeysFile none",
@@ -344,7 +361,7 @@ func (b *Box) StartSSHD() error {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	addr := net.JoinHostPort(b.PrivateIP, strconv.Itoa(b.Port))
+	addr := b.sshdAddr()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
@@ -462,8 +479,12 @@ func killTree(pid int) {
 	walk(pid)
 }
 
-// Addr is the box's sshd address.
+// Addr is the box's SSH address, as clients reach it.
 func (b *Box) Addr() string { return net.JoinHostPort(b.PrivateIP, strconv.Itoa(b.Port)) }
+
+func (b *Box) sshdAddr() string {
+	return net.JoinHostPort(b.PrivateIP, strconv.Itoa(b.fleet.innerPort))
+}
 
 // ManifestPath is where a plugin's manifest lives on the box.
 func (b *Box) ManifestPath(name string) string {

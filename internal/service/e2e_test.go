@@ -1,6 +1,7 @@
 package service_test
 
 import (
+	"crypto/rand"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
@@ -316,4 +318,42 @@ func TestOperatorsEndToEnd(t *testing.T) {
 
 func converterFromPayload(p *commonpb.Payload, v any) error {
 	return converter.GetDefaultDataConverter().FromPayload(p, v)
+}
+
+func TestCancelDuringADelivery(t *testing.T) {
+	s := servicetest.New(t)
+	noise := make([]byte, 6<<20)
+	_, _ = rand.Read(noise)
+	require.NoError(t, catalog.Publish(s.CatalogDir, "big-model", "1.0.0", map[string]string{"weights.bin": string(noise)}))
+	plugins := append(append([]workflows.Plugin(nil), declared...), workflows.Plugin{Name: "big-model", Version: "1.0.0"})
+	box := s.Box("ws-cancel", all())
+	box.SetLatency(300 * time.Millisecond)
+
+	run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-cancel", Plugins: plugins})
+	require.NoError(t, err)
+	staging := filepath.Join(box.PluginRoot, ".staging-big-model.tgz")
+	require.Eventually(t, func() bool { _, err := os.Stat(staging); return err == nil }, time.Minute, 20*time.Millisecond, "the delivery never started")
+	require.NoError(t, s.Client.CancelWorkflow(ctx(t), run.GetID(), run.GetRunID()))
+
+	res, err := workflows.Result(ctx(t), run)
+	var cancelled *temporal.CanceledError
+	require.ErrorAs(t, err, &cancelled)
+	require.Equal(t, workflows.OutcomeCancelled, res.Outcome)
+	require.Contains(t, res.Summary, "restart left pending")
+	require.Equal(t, 0, box.Restarts(), "no restart after a cancel")
+
+	// The cut transfer leaves nothing half-written; the restart stays owed.
+	box.SetLatency(0)
+	require.Eventually(t, func() bool { _, err := os.Stat(staging); return os.IsNotExist(err) }, 30*time.Second, 50*time.Millisecond)
+	_, err = os.Stat(filepath.Join(box.PluginRoot, "big-model"))
+	require.True(t, os.IsNotExist(err), "no half-installed plugin")
+	w, err := s.Service.Store.Workspace(ctx(t), "ws-cancel")
+	require.NoError(t, err)
+	require.NotNil(t, w.RestartPendingSince, "the restart owed by the delivery is kept")
+
+	// The next reconcile delivers and restarts once.
+	again := s.Reconcile("ws-cancel", plugins)
+	require.Equal(t, 1, again.Count(workflows.ActionDelivered))
+	require.True(t, again.Restart.Done)
+	require.Equal(t, 1, box.Restarts())
 }
