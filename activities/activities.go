@@ -39,6 +39,7 @@ type Store interface {
 	BeginRestart(ctx context.Context, r store.Restart) (store.Restart, error)
 	CompleteRestart(ctx context.Context, r store.Restart, identityAfter string) error
 	ClearRestartPending(ctx context.Context, workspaceID string, upTo time.Time) error
+	ActiveWorkspaces(ctx context.Context, after string, limit int) ([]store.Declared, error)
 }
 
 // Catalog is where bundles come from.
@@ -386,6 +387,40 @@ func (a *Activities) RestartBox(ctx context.Context, in RestartInput) (RestartOu
 	}
 	if err := a.Store.CompleteRestart(ctx, row, out.IdentityAfter); err != nil {
 		return RestartOutcome{}, err
+	}
+	return out, nil
+}
+
+// PageInput asks for a page of workspaces to sweep.
+type PageInput struct {
+	After string
+	Limit int
+}
+
+// DeclaredPlugin is a plugin a sweep re-declares.
+type DeclaredPlugin struct {
+	Name, Version string
+}
+
+// SweepTarget is a workspace a sweep reconciles.
+type SweepTarget struct {
+	WorkspaceID string
+	Plugins     []DeclaredPlugin
+}
+
+// ListWorkspaces returns the next page of active workspaces with their
+// tracked plugins (the declaration a sweep re-verifies). Read-only.
+func (a *Activities) ListWorkspaces(ctx context.Context, in PageInput) ([]SweepTarget, error) {
+	ds, err := a.Store.ActiveWorkspaces(ctx, in.After, in.Limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SweepTarget, len(ds))
+	for i, d := range ds {
+		out[i].WorkspaceID = d.WorkspaceID
+		for _, p := range d.Plugins {
+			out[i].Plugins = append(out[i].Plugins, DeclaredPlugin{Name: p.PluginName, Version: p.Version})
+		}
 	}
 	return out, nil
 }

@@ -8,6 +8,8 @@
 //	starter terminate --workspace ID --reason TEXT
 //	starter retry     --workspace ID [--wait] [--json]
 //	starter list      [--workspace ID] [--outcome O] [--query Q]
+//	starter sweep     [--dry-run] [--wait] [--json] [--max-concurrency N] [--max-errors N] [--max-restarts N]
+//	starter schedule  --every 6h [--max-concurrency N] [--max-errors N] [--max-restarts N]
 //	starter migrate
 package main
 
@@ -42,6 +44,8 @@ const usage = `usage:
   starter terminate --workspace ID --reason TEXT
   starter retry     --workspace ID [--wait] [--json]
   starter list      [--workspace ID] [--outcome OUTCOME] [--query VISIBILITY-QUERY]
+  starter sweep     [--dry-run] [--wait] [--json] [--max-concurrency N] [--max-errors N] [--max-restarts N]
+  starter schedule  --every 6h [--max-concurrency N] [--max-errors N] [--max-restarts N]
   starter migrate
 
 Temporal is configured by TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ... (the SDK's
@@ -96,9 +100,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		reason     = fs.String("reason", "", "why (terminate)")
 		outcome    = fs.String("outcome", "", "list: only reconciles with this outcome")
 		query      = fs.String("query", "", "list: a visibility query")
+		every      = fs.Duration("every", 0, "schedule: how often the fleet sweep runs")
+		sweepIn    workflows.SweepInput
 		plugins    pluginList
 	)
 	fs.Var(&plugins, "plugin", "declared plugin name@version (repeatable)")
+	fs.IntVar(&sweepIn.MaxConcurrency, "max-concurrency", 20, "sweep: reconciles in flight at once")
+	fs.IntVar(&sweepIn.MaxErrors, "max-errors", 5, "sweep: failed reconciles tolerated before it stops starting new ones")
+	fs.IntVar(&sweepIn.MaxRestartsInFlight, "max-restarts", 5, "sweep: box restarts at once, fleet-wide")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%s: %w\n%s", cmd, err, usage)
 	}
@@ -222,6 +231,58 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			printResult(out, run, res)
 		}
 		return err
+
+	case "sweep", "schedule":
+		if cmd == "schedule" && *every == 0 {
+			return errors.New("schedule: --every is required, e.g. --every 6h")
+		}
+		c, err := dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		sweepIn.DryRun = *dryRun
+		if cmd == "schedule" {
+			created, err := workflows.EnsureSchedule(ctx, c, *every, sweepIn)
+			if err != nil {
+				return err
+			}
+			verb := "updated"
+			if created {
+				verb = "created"
+			}
+			fmt.Fprintf(out, "schedule %s %s: a fleet sweep every %s (window %d, error budget %d, %d restarts at once); pause or trigger it from the Web UI\n",
+				workflows.SweepScheduleID, verb, *every, sweepIn.MaxConcurrency, sweepIn.MaxErrors, sweepIn.MaxRestartsInFlight)
+			return nil
+		}
+		run, err := workflows.StartSweep(ctx, c, sweepIn)
+		if err != nil {
+			return err
+		}
+		if !*wait && !*dryRun {
+			fmt.Fprintf(out, "sweep running: workflow %s run %s\n", run.GetID(), run.GetRunID())
+			return nil
+		}
+		var rep workflows.SweepReport
+		if err := c.GetWorkflow(ctx, run.GetID(), "").Get(ctx, &rep); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(out, rep)
+		}
+		kind := "sweep"
+		if *dryRun {
+			kind = "plan"
+		}
+		fmt.Fprintf(out, "%s: %d workspaces checked, %d plugins missing, %d stale, %d delivered, %d restarts, %d failed, %d skipped (already reconciling)\n",
+			kind, rep.Checked, rep.Missing, rep.Stale, rep.Delivered, rep.Restarts, rep.Failures, rep.Skipped)
+		for _, f := range rep.Failed {
+			fmt.Fprintln(out, "  failed:", f)
+		}
+		if rep.Stopped {
+			fmt.Fprintln(out, "  stopped:", rep.StopReason)
+		}
+		return nil
 
 	case "list":
 		c, err := dial()

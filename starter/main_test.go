@@ -35,6 +35,7 @@ func TestArgumentErrorsNameWhatIsWrong(t *testing.T) {
 		{[]string{"terminate", "--workspace", "ws"}, "--reason is required"},
 		{[]string{"migrate", "--database-url", ""}, "DATABASE_URL"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"schedule"}, "--every is required"},
 	}
 	for _, tt := range tests {
 		_, err := runCmd(t, tt.args...)
@@ -97,6 +98,17 @@ func TestOperatorCommandsOnTheRealStack(t *testing.T) {
 	out, err = runCmd(t, "reconcile", db, "--workspace", "ws-cli", "--wait")
 	require.NoError(t, err)
 	require.Contains(t, out, "5 recorded, 0 delivered")
+
+	// The fleet plan changes nothing.
+	out, err = runCmd(t, "sweep", "--dry-run")
+	require.NoError(t, err)
+	require.Contains(t, out, "plan: 1 workspaces checked, 0 plugins missing, 0 stale, 0 delivered, 0 restarts, 0 failed")
+	out, err = runCmd(t, "schedule", "--every", "6h")
+	require.NoError(t, err)
+	require.Contains(t, out, "created")
+	out, err = runCmd(t, "schedule", "--every", "3h")
+	require.NoError(t, err)
+	require.Contains(t, out, "updated")
 
 	_, err = runCmd(t, "cancel", "--workspace", "ws-cli")
 	require.ErrorContains(t, err, "no reconcile running for ws-cli")

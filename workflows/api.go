@@ -64,6 +64,9 @@ type ReconcileInput struct {
 	// MaxParallel bounds concurrent plugin reconciles on the box (default
 	// DefaultMaxParallel).
 	MaxParallel int `json:",omitempty"`
+	// RestartGate, when set, is the workflow ID of a fleet sweep whose
+	// permit a restart waits for (SignalPermitRequest).
+	RestartGate string `json:",omitempty"`
 }
 
 // Declaration is the payload of SignalDeclare.

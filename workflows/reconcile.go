@@ -112,6 +112,7 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		case in.DryRun:
 		case d.Restart:
 			restarts++
+			release := r.permit(ctx)
 			var out activities.RestartOutcome
 			rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				// One restart per decision, under a deterministic ID.
@@ -122,7 +123,9 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 				RetryPolicy:            restartRetry,
 				Summary:                fmt.Sprintf("restart %s: %s", ws.InstanceID, d.Reason),
 			})
-			if err := workflow.ExecuteActivity(rctx, a.RestartBox, activities.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out); err != nil {
+			err := workflow.ExecuteActivity(rctx, a.RestartBox, activities.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out)
+			release()
+			if err != nil {
 				if ctx.Err() != nil {
 					return r.cancelled(ctx)
 				}
@@ -155,6 +158,46 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			fmt.Sprintf("%s: failed: %s", res.Summary, strings.Join(res.Failed, ", ")), ErrPluginsFailed, nil, res)
 	}
 	return res, nil
+}
+
+// permitWait bounds how long a restart waits for a sweep's permit: a sweep
+// that is gone must not hold a restart back for ever.
+const permitWait = 30 * time.Minute
+
+// permit takes a restart permit from the sweep that runs this reconcile, if
+// any, and returns the function that gives it back. If the sweep cannot be
+// reached, or is slow past permitWait, the restart goes ahead: pacing must
+// never cost a box its restart.
+func (r *run) permit(ctx workflow.Context) (release func()) {
+	gate := r.in.RestartGate
+	if gate == "" {
+		return func() {}
+	}
+	self := workflow.GetInfo(ctx).WorkflowExecution.ID
+	if err := workflow.SignalExternalWorkflow(ctx, gate, "", SignalPermitRequest, PermitRequest{WorkflowID: self}).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("restart gate unreachable, restarting without a permit", "gate", gate, "error", err)
+		return func() {}
+	}
+	got := false
+	tctx, cancelTimer := workflow.WithCancel(ctx)
+	timer := workflow.NewTimer(tctx, permitWait)
+	sel := workflow.NewSelector(ctx)
+	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermit), func(c workflow.ReceiveChannel, _ bool) {
+		c.Receive(ctx, nil)
+		got = true
+	})
+	sel.AddFuture(timer, func(workflow.Future) {})
+	sel.Select(ctx)
+	cancelTimer()
+	if !got {
+		workflow.GetLogger(ctx).Warn("no restart permit in time, restarting anyway", "gate", gate)
+	}
+	// Released in every case: the sweep frees the permit it granted, or
+	// drops the request it has not granted yet.
+	return func() {
+		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		_ = workflow.SignalExternalWorkflow(dctx, gate, "", SignalPermitRelease, PermitRequest{WorkflowID: self}).Get(dctx, nil)
+	}
 }
 
 // search upserts search attributes; a namespace without them fails here,

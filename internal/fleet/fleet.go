@@ -230,9 +230,12 @@ set -eu
 d=$(dirname "$0")
 exec 9>"$d/lock"
 flock 9
+: >"$d/restarting"
+if [ -s "$d/restart-delay" ]; then sleep "$(cat "$d/restart-delay")"; fi
 n=$(cat "$d/restarts")
 echo $((n + 1)) >"$d/restarts.new" && mv "$d/restarts.new" "$d/restarts"
 cat /proc/sys/kernel/random/uuid >"$d/invocation-id.new" && mv "$d/invocation-id.new" "$d/invocation-id"
+rm -f "$d/restarting"
 `
 
 func (b *Box) writeFiles(spec BoxSpec) error {
@@ -408,6 +411,28 @@ func (b *Box) Reboot() error {
 		return fmt.Errorf("reboot %s: %v: %s", b.InstanceID, err, out)
 	}
 	return b.StartSSHD()
+}
+
+// SetRestartDelay makes the runtime take d to restart (a slow unit).
+func (b *Box) SetRestartDelay(d time.Duration) error {
+	return os.WriteFile(filepath.Join(b.RuntimeDir, "restart-delay"), []byte(fmt.Sprintf("%.3f\n", d.Seconds())), 0o644)
+}
+
+// Restarting reports whether the runtime is restarting right now.
+func (b *Box) Restarting() bool {
+	_, err := os.Stat(filepath.Join(b.RuntimeDir, "restarting"))
+	return err == nil
+}
+
+// Boxes lists the fleet's boxes.
+func (f *Fleet) Boxes() []*Box {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*Box, 0, len(f.boxes))
+	for _, b := range f.boxes {
+		out = append(out, b)
+	}
+	return out
 }
 
 // Restarts is how many times the box's runtime has restarted.

@@ -182,6 +182,7 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 func (s *Service) Register(w worker.Registry) {
 	w.RegisterWorkflow(workflows.ReconcileWorkspace)
 	w.RegisterWorkflow(workflows.ReconcilePlugin)
+	w.RegisterWorkflow(workflows.SweepFleet)
 	w.RegisterActivity(s.Activities)
 }
 

@@ -394,3 +394,38 @@ from box_restarts where workspace_id = $1 order by requested_at`, workspaceID)
 	}
 	return out, nil
 }
+
+// Declared is a workspace and the plugins tracked for it, which a fleet
+// sweep re-declares.
+type Declared struct {
+	WorkspaceID string
+	Plugins     []Tracking // name and version only
+}
+
+// ActiveWorkspaces pages through active workspaces that have tracked
+// plugins, by id after the given one.
+func (s *Store) ActiveWorkspaces(ctx context.Context, after string, limit int) ([]Declared, error) {
+	rows, err := s.pool.Query(ctx, `
+select w.id, array_agg(p.plugin_name order by p.plugin_name), array_agg(p.version order by p.plugin_name)
+from workspaces w join workspace_plugins p on p.workspace_id = w.id
+where w.status = 'active' and w.id > $1
+group by w.id order by w.id limit $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list active workspaces: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Declared, error) {
+		var d Declared
+		var names, versions []string
+		if err := r.Scan(&d.WorkspaceID, &names, &versions); err != nil {
+			return d, err
+		}
+		for i := range names {
+			d.Plugins = append(d.Plugins, Tracking{WorkspaceID: d.WorkspaceID, PluginName: names[i], Version: versions[i]})
+		}
+		return d, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list active workspaces: %w", err)
+	}
+	return out, nil
+}
