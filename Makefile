@@ -6,7 +6,7 @@ PKGS  := ./...
 .DEFAULT_GOAL := help
 DEMO_FLAGS ?=
 
-.PHONY: help deps test test-short lint demo worker bench
+.PHONY: help deps test test-short test-faults lint demo worker bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,9 @@ deps: ## install what the tests and the demo need (openssh-server, curl; the box
 test: deps ## run every test: unit, integration, end to end (starts what they need)
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 45m $(PKGS)
+
+test-faults: deps ## run the full fault suite (20 worker-crash trials) and write docs/faults.md from what it saw
+	FAULTS_TRIALS=20 FAULTS_REPORT=$(CURDIR)/docs/faults.md $(GO) test -count=1 -timeout 80m -v ./internal/faults/
 
 test-short: ## run the tests that start no external processes
 	$(GO) test -count=1 -short $(PKGS)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -122,6 +123,27 @@ func classify(err error, format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
 }
 
+// keepAlive heartbeats every few seconds until stopped, so that a worker
+// that dies during a long step is noticed within the heartbeat timeout.
+func keepAlive(ctx context.Context) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(3 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				activity.RecordHeartbeat(ctx)
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // LoadWorkspace reads a workspace's box coordinates. Read-only, so
 // idempotent.
 func (a *Activities) LoadWorkspace(ctx context.Context, id string) (Workspace, error) {
@@ -187,7 +209,8 @@ func (a *Activities) ProbeManifest(ctx context.Context, in ProbeInput) (Probe, e
 func (a *Activities) probe(ctx context.Context, in ProbeInput) (Probe, error) {
 	data, err := a.Box.ReadManifest(ctx, in.Workspace.target(), in.Plugin)
 	if errors.Is(err, eic.ErrNotFound) {
-		return Probe{Reason: "no manifest on the box"}, nil
+		// "no plugin.yaml on i-…", "plugin.yaml on i-… is not readable", …
+		return Probe{Reason: strings.TrimSuffix(err.Error(), ": "+eic.ErrNotFound.Error())}, nil
 	}
 	if err != nil {
 		return Probe{}, classify(err, "probe %s on %s", in.Plugin, in.Workspace.InstanceID)
@@ -251,7 +274,12 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in DeliverInput) (Delive
 	if err != nil {
 		return Delivery{}, classify(err, "deliver %s@%s", in.Plugin, in.Version)
 	}
+	// A bundle that would be refused must not leave a restart owed.
+	if err := eic.CheckBundle(in.Plugin, b.Data); err != nil {
+		return Delivery{}, classify(err, "deliver %s@%s", in.Plugin, in.Version)
+	}
 	t := in.Workspace.target()
+	defer keepAlive(ctx)()
 	if err := a.Store.MarkRestartPending(ctx, in.Workspace.ID, in.Plugin); err != nil {
 		return Delivery{}, err
 	}
@@ -353,6 +381,7 @@ type RestartOutcome struct {
 func (a *Activities) RestartBox(ctx context.Context, in RestartInput) (RestartOutcome, error) {
 	info := activity.GetInfo(ctx)
 	t := in.Workspace.target()
+	defer keepAlive(ctx)()
 	mode := a.RestartMode
 	if mode == "" {
 		mode = RestartRuntime

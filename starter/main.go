@@ -164,15 +164,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			fmt.Fprintf(out, "reconcile started: workflow %s run %s\n", run.GetID(), run.GetRunID())
 			return nil
 		}
-		res, err := workflows.Result(ctx, run)
-		if *asJSON {
-			if jerr := printJSON(out, res); jerr != nil {
-				return jerr
-			}
-		} else {
-			printResult(out, run, res)
-		}
-		return err
+		return waitAndPrint(ctx, out, run, *asJSON)
 
 	case "cancel", "terminate", "retry":
 		if *workspace == "" {
@@ -222,15 +214,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if !*wait {
 			return nil
 		}
-		res, err := workflows.Result(ctx, run)
-		if *asJSON {
-			if jerr := printJSON(out, res); jerr != nil {
-				return jerr
-			}
-		} else {
-			printResult(out, run, res)
-		}
-		return err
+		return waitAndPrint(ctx, out, run, *asJSON)
 
 	case "sweep", "schedule":
 		if cmd == "schedule" && *every == 0 {
@@ -344,6 +328,20 @@ func printJSON(out io.Writer, v any) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// waitAndPrint waits for a reconcile and prints its result (also when it
+// failed: the result names what failed), returning the run's error.
+func waitAndPrint(ctx context.Context, out io.Writer, run client.WorkflowRun, asJSON bool) error {
+	res, err := workflows.Result(ctx, run)
+	if asJSON {
+		if jerr := printJSON(out, res); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	printResult(out, run, res)
+	return err
 }
 
 func printResult(out io.Writer, run client.WorkflowRun, res workflows.ReconcileResult) {

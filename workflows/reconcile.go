@@ -91,7 +91,7 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			pending = r.drain(declarations)
 		}
 		facts := activities.RestartFacts{}
-		fctx := withActivity(ctx, "read restart state of "+ws.InstanceID, 2*time.Minute, boxRetry)
+		fctx := withActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second, boxRetry)
 		if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, ws).Get(ctx, &facts); err != nil {
 			return r.fail(ctx, err)
 		}
@@ -116,9 +116,12 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			var out activities.RestartOutcome
 			rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				// One restart per decision, under a deterministic ID.
-				ActivityID:             fmt.Sprintf("restart-%d", restarts),
-				StartToCloseTimeout:    15 * time.Minute,
-				HeartbeatTimeout:       time.Minute,
+				ActivityID:          fmt.Sprintf("restart-%d", restarts),
+				StartToCloseTimeout: 15 * time.Minute,
+				// The activity heartbeats every few seconds: a dead worker
+				// is noticed in 20 s, and the retry's identity check makes
+				// the retry safe.
+				HeartbeatTimeout:       20 * time.Second,
 				ScheduleToCloseTimeout: 2 * time.Hour,
 				RetryPolicy:            restartRetry,
 				Summary:                fmt.Sprintf("restart %s: %s", ws.InstanceID, d.Reason),
@@ -468,7 +471,9 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 	res := PluginResult{Name: p.Name, Version: p.Version}
 
 	var probe activities.Probe
-	pctx := withActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 2*time.Minute, boxRetry)
+	// A probe is one short command on a shared connection; 45 s covers a
+	// fresh connection (20 s dial) and bounds the wait after a worker dies.
+	pctx := withActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second, boxRetry)
 	if err := workflow.ExecuteActivity(pctx, a.ProbeManifest, activities.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
 		return res, err
 	}
@@ -488,7 +493,7 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 		var d activities.Delivery
 		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 15 * time.Minute,
-			HeartbeatTimeout:    30 * time.Second,
+			HeartbeatTimeout:    20 * time.Second,
 			RetryPolicy:         boxRetry,
 			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, reason),
 		})

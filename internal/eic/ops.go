@@ -26,6 +26,7 @@ func quote(s string) string {
 const (
 	exitNotFound   = 44
 	exitNotRegular = 45
+	exitUnreadable = 46
 )
 
 // run executes command, feeding stdin, and returns up to maxOut bytes of
@@ -60,7 +61,7 @@ func (a *Access) run(ctx context.Context, t Target, command string, stdin io.Rea
 		case werr == nil:
 		case errors.As(werr, &exit):
 			status = exit.ExitStatus()
-			if msg := strings.TrimSpace(stderr.String()); msg != "" && status != exitNotFound && status != exitNotRegular {
+			if msg := strings.TrimSpace(stderr.String()); msg != "" && status != exitNotFound && status != exitNotRegular && status != exitUnreadable {
 				return &RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: msg}
 			}
 		default:
@@ -98,8 +99,8 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 		return nil, err
 	}
 	f := quote(dir + "/" + plugin.ManifestFile)
-	cmd := fmt.Sprintf(`f=%s; if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi; if [ -L "$f" ] || [ ! -f "$f" ]; then exit %d; fi; head -c %d -- "$f"`,
-		f, exitNotFound, exitNotRegular, plugin.MaxManifestBytes+1)
+	cmd := fmt.Sprintf(`f=%s; if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi; if [ -L "$f" ] || [ ! -f "$f" ]; then exit %d; fi; if [ ! -r "$f" ]; then exit %d; fi; head -c %d -- "$f"`,
+		f, exitNotFound, exitNotRegular, exitUnreadable, plugin.MaxManifestBytes+1)
 	out, status, err := a.run(ctx, t, cmd, nil, plugin.MaxManifestBytes+1)
 	if err != nil {
 		return nil, err
@@ -108,9 +109,11 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 	case 0:
 		return out, nil
 	case exitNotFound:
-		return nil, fmt.Errorf("%s on %s: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
+		return nil, fmt.Errorf("no %s on %s: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
 	case exitNotRegular:
 		return nil, fmt.Errorf("%s on %s is not a regular file: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
+	case exitUnreadable:
+		return nil, fmt.Errorf("%s on %s is not readable: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
 	default:
 		return nil, &RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: "reading manifest"}
 	}
@@ -165,12 +168,8 @@ func (a *Access) Install(ctx context.Context, t Target, name string, data []byte
 	if err != nil {
 		return false, err
 	}
-	m, err := bundle.Check(data)
-	if err != nil {
-		return false, &BundleError{Plugin: name, Reason: err.Error()}
-	}
-	if m.Name != name {
-		return false, &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest names plugin %q", m.Name)}
+	if err := CheckBundle(name, data); err != nil {
+		return false, err
 	}
 	digest := bundle.Digest(data)
 
@@ -196,6 +195,20 @@ func (a *Access) Install(ctx context.Context, t Target, name string, data []byte
 		return false, fmt.Errorf("install %s on %s: exit %d: %s", name, t.InstanceID, status, out)
 	}
 	return true, nil
+}
+
+// CheckBundle refuses, as a *BundleError, a bundle that is unsafe to unpack
+// or that is not the named plugin's. Install runs it first; callers can run
+// it before anything else happens.
+func CheckBundle(name string, data []byte) error {
+	m, err := bundle.Check(data)
+	if err != nil {
+		return &BundleError{Plugin: name, Reason: err.Error()}
+	}
+	if m.Name != name {
+		return &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest names plugin %q", m.Name)}
+	}
+	return nil
 }
 
 // RuntimeIdentity returns the identity of the box's running agent runtime;

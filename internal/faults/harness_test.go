@@ -1,0 +1,315 @@
+package faults
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/server/common/testing/freeport"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/devserver"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
+	"github.com/plugin-reconciler/plugin-reconciler/migrations"
+	"github.com/plugin-reconciler/plugin-reconciler/workflows"
+)
+
+// row is one line of the fault report.
+type row struct{ Fault, Happened, Checked string }
+
+var (
+	reportMu  sync.Mutex
+	report    []row
+	workerBin string
+)
+
+func record(fault, happened, checked string) {
+	reportMu.Lock()
+	defer reportMu.Unlock()
+	report = append(report, row{fault, happened, checked})
+}
+
+// TestMain builds the worker once (the suite runs it as a real process) and
+// writes the report to $FAULTS_REPORT when set.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "faults-bin-")
+	if err != nil {
+		panic(err)
+	}
+	if !testing.Short() {
+		workerBin = filepath.Join(dir, "worker")
+		out, err := exec.Command("go", "build", "-o", workerBin, "../../worker").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build worker: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	if path := os.Getenv("FAULTS_REPORT"); path != "" && code == 0 {
+		if err := writeReport(path); err != nil {
+			fmt.Fprintln(os.Stderr, "write report:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func writeReport(path string) error {
+	reportMu.Lock()
+	defer reportMu.Unlock()
+	sort.SliceStable(report, func(i, j int) bool { return report[i].Fault < report[j].Fault })
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Fault suite report\n\nWritten by `make test-faults` (`FAULTS_TRIALS=%s`) on %s, Go %s: embedded Temporal (SQLite file), a private Postgres, sshd boxes behind the fake AWS endpoint, the worker as a separate process. Every row is a check the run made.\n\n",
+		trialsEnv(), time.Now().UTC().Format("2006-01-02 15:04 MST"), strings.TrimPrefix(goVersion(), "go version "))
+	b.WriteString("| fault | what happened | what was checked |\n|---|---|---|\n")
+	for _, r := range report {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", esc(r.Fault), esc(r.Happened), esc(r.Checked))
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+func esc(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", `\|`), "\n", " ") }
+
+func goVersion() string {
+	out, _ := exec.Command("go", "version").Output()
+	return strings.TrimSpace(string(out))
+}
+
+func trialsEnv() string {
+	if v := os.Getenv("FAULTS_TRIALS"); v != "" {
+		return v
+	}
+	return "3"
+}
+
+func trials() int {
+	n, err := strconv.Atoi(trialsEnv())
+	if err != nil || n < 1 {
+		return 3
+	}
+	return n
+}
+
+var declared = []workflows.Plugin{
+	{Name: "github-tools", Version: "1.2.0"},
+	{Name: "mcp-postgres", Version: "0.4.1"},
+	{Name: "code-review", Version: "2.0.0"},
+	{Name: "slack-notify", Version: "1.0.3"},
+}
+
+// harness is the real stack with the worker as a separate process.
+type harness struct {
+	t        *testing.T
+	dir      string
+	port     int // Temporal frontend, kept across restarts
+	dev      *devserver.Server
+	pg       *pgcluster.Cluster
+	dsn      string
+	store    *store.Store
+	aws      *fakeaws.Server
+	fleet    *fleet.Fleet
+	catDir   string
+	cat      *catalog.Catalog
+	client   client.Client
+	worker   *exec.Cmd
+	workerWG *sync.WaitGroup
+	logPath  string
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+func newHarness(t *testing.T) *harness {
+	if testing.Short() {
+		t.Skip("the fault suite starts the whole stack")
+	}
+	h := &harness{t: t, dir: t.TempDir(), port: freeport.MustGetFreePort()}
+	var err error
+	h.pg, err = pgcluster.Start(ctx(t), filepath.Join(os.TempDir(), fmt.Sprintf("faults-pg-%d", h.port)), 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { h.pg.Stop(); _ = os.RemoveAll(h.pg.Dir) })
+	h.dsn, err = pgcluster.CreateDatabase(ctx(t), h.pg.DSN("postgres"), "reconciler")
+	require.NoError(t, err)
+	_, err = migrations.Apply(ctx(t), h.dsn)
+	require.NoError(t, err)
+	h.store, err = store.Open(ctx(t), h.dsn)
+	require.NoError(t, err)
+	t.Cleanup(h.store.Close)
+
+	h.startTemporal()
+	t.Cleanup(func() { h.dev.Stop() })
+	h.client, err = client.Dial(client.Options{HostPort: h.dev.FrontendAddress(), Namespace: devserver.Namespace})
+	require.NoError(t, err)
+	t.Cleanup(h.client.Close)
+
+	h.aws, err = fakeaws.Start("us-east-1")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.aws.Close() })
+	h.fleet, err = fleet.New(h.aws)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.fleet.Close() })
+
+	h.catDir = filepath.Join(h.dir, "catalog")
+	for _, p := range declared {
+		require.NoError(t, catalog.Publish(h.catDir, p.Name, p.Version, map[string]string{"bin/run": "#!/bin/sh\necho " + p.Name + "\n"}))
+	}
+	require.NoError(t, catalog.Publish(h.catDir, "github-tools", "1.1.0", nil))
+	h.cat, err = catalog.New(h.catDir)
+	require.NoError(t, err)
+
+	h.logPath = filepath.Join(h.dir, "worker.log")
+	h.startWorker()
+	t.Cleanup(h.killWorker)
+	return h
+}
+
+func (h *harness) startTemporal() {
+	var err error
+	h.dev, err = devserver.Start(ctx(h.t), devserver.Options{
+		StateDir: filepath.Join(h.dir, "temporal"), FrontendPort: h.port, UIPort: -2,
+		SearchAttributes: workflows.SearchAttributes(),
+	})
+	require.NoError(h.t, err)
+}
+
+func (h *harness) restartTemporal(down time.Duration) {
+	h.dev.Stop()
+	time.Sleep(down)
+	h.startTemporal()
+}
+
+// startWorker runs the real worker binary, configured only through the
+// environment, as a deployment would.
+func (h *harness) startWorker() {
+	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	require.NoError(h.t, err)
+	cmd := exec.Command(workerBin)
+	cmd.Env = append(os.Environ(),
+		"TEMPORAL_ADDRESS="+h.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
+		"DATABASE_URL="+h.dsn, "CATALOG_DIR="+h.catDir, "MIGRATE=true",
+		"EIC_MODE=direct", "SSH_PORT="+strconv.Itoa(h.fleet.Port),
+		"RESTART_COMMAND="+fleet.RestartCommand, "IDENTITY_COMMAND="+fleet.IdentityCommand,
+		"METRICS_ADDR=", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_ACCESS_KEY_ID="+fakeaws.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+fakeaws.SecretAccessKey,
+		"AWS_ENDPOINT_URL_EC2="+h.aws.URL(), "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT="+h.aws.URL(),
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	require.NoError(h.t, cmd.Start())
+	logf.Close()
+	wg := &sync.WaitGroup{}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = cmd.Wait() }()
+	h.worker, h.workerWG = cmd, wg
+}
+
+// killWorker SIGKILLs the worker: no drain, no cleanup, as a crash.
+func (h *harness) killWorker() {
+	if h.worker == nil {
+		return
+	}
+	_ = syscall.Kill(-h.worker.Process.Pid, syscall.SIGKILL)
+	h.workerWG.Wait()
+	h.worker = nil
+}
+
+// box boots a box with the given plugins boot-installed and registers its
+// workspace.
+func (h *harness) box(ws string, boot map[string]string) *fleet.Box {
+	bundles := map[string][]byte{}
+	for name, v := range boot {
+		b, err := h.cat.Bundle(context.Background(), name, v)
+		require.NoError(h.t, err)
+		bundles[name] = b.Data
+	}
+	b, err := h.fleet.AddBox(fleet.BoxSpec{BootInstalled: bundles})
+	require.NoError(h.t, err)
+	require.NoError(h.t, h.store.UpsertWorkspace(ctx(h.t), store.Workspace{
+		ID: ws, InstanceID: b.InstanceID, Region: "us-east-1", AvailabilityZone: b.AvailabilityZone,
+		OSUser: h.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey,
+	}))
+	return b
+}
+
+func all(except ...string) map[string]string {
+	out := map[string]string{}
+	for _, p := range declared {
+		out[p.Name] = p.Version
+	}
+	for _, e := range except {
+		delete(out, e)
+	}
+	return out
+}
+
+func (h *harness) start(ws string, plugins []workflows.Plugin) client.WorkflowRun {
+	run, err := workflows.Start(ctx(h.t), h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: plugins})
+	require.NoError(h.t, err)
+	return run
+}
+
+// wait waits for a workspace's latest reconcile run to end (following it
+// across a Temporal restart).
+func (h *harness) wait(ws string, timeout time.Duration) (workflows.ReconcileResult, error) {
+	c, cancel := context.WithTimeout(ctx(h.t), timeout)
+	defer cancel()
+	for {
+		res, err := workflows.Result(c, h.client.GetWorkflow(c, workflows.ReconcileWorkflowID(ws), ""))
+		if err == nil || c.Err() != nil || !transient(err) {
+			return res, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func transient(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "Unavailable") || strings.Contains(s, "connection refused") || strings.Contains(s, "context deadline")
+}
+
+// checkBox verifies the promises for one workspace: every declared plugin is
+// on the box at its version and tracked at that version, and the box
+// restarted exactly wantRestarts times.
+func (h *harness) checkBox(ws string, b *fleet.Box, plugins []workflows.Plugin, wantRestarts int) {
+	h.t.Helper()
+	rows, err := h.store.TrackingRows(ctx(h.t), ws)
+	require.NoError(h.t, err)
+	tracked := map[string]string{}
+	for _, r := range rows {
+		tracked[r.PluginName] = r.Version
+	}
+	for _, p := range plugins {
+		data, err := os.ReadFile(b.ManifestPath(p.Name))
+		require.NoError(h.t, err, "%s: %s missing on the box", ws, p.Name)
+		require.Contains(h.t, string(data), "version: "+p.Version, "%s: %s on the box", ws, p.Name)
+		require.Equal(h.t, p.Version, tracked[p.Name], "%s: tracking row of %s", ws, p.Name)
+	}
+	require.Equal(h.t, wantRestarts, b.Restarts(), "%s restarts", ws)
+	w, err := h.store.Workspace(ctx(h.t), ws)
+	require.NoError(h.t, err)
+	require.Nil(h.t, w.RestartPendingSince, "%s: nothing left pending", ws)
+}
+
+func storeWorkspace(ws, instance string, h *harness) store.Workspace {
+	return store.Workspace{ID: ws, InstanceID: instance, Region: "us-east-1", OSUser: h.fleet.User(), PluginRoot: "/tmp/none"}
+}
