@@ -5,6 +5,7 @@ PKGS  := ./...
 
 .DEFAULT_GOAL := help
 DEMO_FLAGS ?=
+BENCH_FLAGS ?=
 
 .PHONY: help deps test test-short test-faults lint demo worker bench
 
@@ -43,5 +44,6 @@ demo: deps ## run the scenario on the embedded stack (Temporal + Web UI, Postgre
 worker: ## run the worker against the Temporal and Postgres of your environment (TEMPORAL_ADDRESS, DATABASE_URL, ...)
 	$(GO) run ./worker
 
-bench: ## run the Go benchmarks
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: deps ## fleet-scale benchmark on the real stack (ours, naive, floors); writes docs/benchmarks.md; BENCH_FLAGS=-workspaces=20 for a quick one
+	$(GO) run ./internal/bench $(BENCH_FLAGS)
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/bundle/

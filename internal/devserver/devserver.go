@@ -84,7 +84,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		sqlCfg.ConnectAttributes["_journal_mode"] = "wal"
 		sqlCfg.ConnectAttributes["_synchronous"] = "2"
 	}
-	if _, err := os.Stat(sqlCfg.DatabaseName); o.StateDir == "" || errors.Is(err, os.ErrNotExist) {
+	// An in-memory database gets its schema from the SQLite plugin itself;
+	// a new file needs it set up.
+	if _, err := os.Stat(sqlCfg.DatabaseName); o.StateDir != "" && errors.Is(err, os.ErrNotExist) {
 		if err := sqlite.SetupSchema(&sqlCfg); err != nil {
 			return nil, fmt.Errorf("temporal schema: %w", err)
 		}

@@ -197,6 +197,38 @@ func (a *Access) Install(ctx context.Context, t Target, name string, data []byte
 	return true, nil
 }
 
+// manifestSeparator ends each manifest in ReadManifests' output.
+const manifestSeparator = "\n@@end-of-manifest@@\n"
+
+// ReadManifests reads several plugins' manifests in one remote command (a
+// missing one reads as empty). The reconcile probes plugin by plugin; this
+// is the floor it is measured against.
+func (a *Access) ReadManifests(ctx context.Context, t Target, names []string) ([][]byte, error) {
+	var b strings.Builder
+	b.WriteString("for f in")
+	for _, n := range names {
+		dir, err := pluginDir(t, n)
+		if err != nil {
+			return nil, err
+		}
+		b.WriteString(" " + quote(dir+"/"+plugin.ManifestFile))
+	}
+	fmt.Fprintf(&b, `; do head -c %d -- "$f" 2>/dev/null; printf '\n@@end-of-manifest@@\n'; done`, plugin.MaxManifestBytes)
+	out, _, err := a.run(ctx, t, b.String(), nil, int64(len(names))*(plugin.MaxManifestBytes+32))
+	if err != nil {
+		return nil, err
+	}
+	parts := strings.Split(string(out), manifestSeparator)
+	if len(parts) != len(names)+1 {
+		return nil, fmt.Errorf("read manifests on %s: %d parts for %d plugins", t.InstanceID, len(parts)-1, len(names))
+	}
+	res := make([][]byte, len(names))
+	for i := range names {
+		res[i] = []byte(parts[i])
+	}
+	return res, nil
+}
+
 // CheckBundle refuses, as a *BundleError, a bundle that is unsafe to unpack
 // or that is not the named plugin's. Install runs it first; callers can run
 // it before anything else happens.

@@ -82,6 +82,9 @@ func writeReport(path string) error {
 	for _, r := range report {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", esc(r.Fault), esc(r.Happened), esc(r.Checked))
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 

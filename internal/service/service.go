@@ -42,6 +42,9 @@ type Config struct {
 	IdentityCommand string // IDENTITY_COMMAND
 	MaxActivities   int    // MAX_CONCURRENT_ACTIVITIES (default 64)
 	MetricsAddr     string // METRICS_ADDR (default 127.0.0.1:9464; empty string disables)
+	// NaiveAccess (flag only) opens one connection and pushes one key per
+	// operation: the naive access path, for benchmarks only.
+	NaiveAccess bool
 }
 
 // Variables lists every environment variable the worker reads itself.
@@ -97,6 +100,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.IdentityCommand, "identity-command", c.IdentityCommand, "command that prints the runtime's identity (IDENTITY_COMMAND)")
 	fs.IntVar(&c.MaxActivities, "max-activities", c.MaxActivities, "concurrent activities per worker (MAX_CONCURRENT_ACTIVITIES)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of the Prometheus /metrics endpoint (METRICS_ADDR)")
+	fs.BoolVar(&c.NaiveAccess, "naive-access", false, "benchmarks only: one key push and SSH connection per operation")
 }
 
 // Validate names the first bad setting.
@@ -157,6 +161,7 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 		RecordHostKey:   st.RecordHostKey,
 		RestartCommand:  cfg.RestartCommand,
 		IdentityCommand: cfg.IdentityCommand,
+		NoReuse:         cfg.NaiveAccess,
 		Logger:          logger,
 	})
 	if err != nil {

@@ -1,0 +1,540 @@
+// Command bench measures the reconciler at fleet scale on the real stack —
+// embedded Temporal, a private Postgres, the simulated fleet with injected
+// latency, the worker as its own process — side by side with the naive
+// access path, the orchestration floor (the same workflows with no-op
+// activities) and the I/O floor (the same probes over SSH without
+// Temporal). It prints a table and writes it to docs/benchmarks.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/plugin-reconciler/plugin-reconciler/activities"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/devserver"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
+	"github.com/plugin-reconciler/plugin-reconciler/migrations"
+	"github.com/plugin-reconciler/plugin-reconciler/workflows"
+)
+
+type options struct {
+	workspaces, plugins, shards int
+	awsLatency, sshLatency      time.Duration
+	out                         string
+	naive                       bool
+}
+
+// result is one measured run.
+type result struct {
+	name                 string
+	wall                 time.Duration
+	p50, p95             time.Duration
+	pushes, handshakes   int
+	events               float64 // history events per workspace (sampled)
+	deliveries, restarts int
+	wantRestarts         int
+	cpu                  time.Duration
+	rssMB                float64
+	failed               int
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.workspaces, "workspaces", 200, "workspaces (one box each)")
+	flag.IntVar(&o.plugins, "plugins", 8, "declared plugins per workspace")
+	flag.IntVar(&o.shards, "shards", 4, "history shards of the embedded server")
+	flag.DurationVar(&o.awsLatency, "aws-latency", 100*time.Millisecond, "added to every AWS API call")
+	flag.DurationVar(&o.sshLatency, "ssh-latency", 20*time.Millisecond, "added each way on every box's SSH link")
+	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: don't)")
+	flag.BoolVar(&o.naive, "naive", true, "also run the naive access path")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type bench struct {
+	o       options
+	dir     string
+	dsn     string
+	dev     *devserver.Server
+	aws     *fakeaws.Server
+	catDir  string
+	cat     *catalog.Catalog
+	st      *store.Store
+	c       client.Client
+	bin     string
+	plugins []workflows.Plugin
+}
+
+func run(o options) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	b := &bench{o: o, dir: dir}
+	step := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "» "+format+"\n", args...) }
+
+	step("building the worker")
+	b.bin = filepath.Join(dir, "worker")
+	if out, err := exec.Command("go", "build", "-o", b.bin, "./worker").CombinedOutput(); err != nil {
+		return fmt.Errorf("build worker: %v: %s", err, out)
+	}
+	step("starting Postgres, Temporal (%d history shards), the fake AWS endpoint (+%s per call)", o.shards, o.awsLatency)
+	pg, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), 0)
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	if b.dsn, err = pgcluster.CreateDatabase(ctx, pg.DSN("postgres"), "bench"); err != nil {
+		return err
+	}
+	if _, err := migrations.Apply(ctx, b.dsn); err != nil {
+		return err
+	}
+	if b.st, err = store.Open(ctx, b.dsn); err != nil {
+		return err
+	}
+	defer b.st.Close()
+	if b.dev, err = devserver.Start(ctx, devserver.Options{FrontendPort: -1, UIPort: -2, HistoryShards: int32(o.shards), SearchAttributes: workflows.SearchAttributes()}); err != nil {
+		return err
+	}
+	defer b.dev.Stop()
+	if b.c, err = client.Dial(client.Options{HostPort: b.dev.FrontendAddress(), Namespace: devserver.Namespace}); err != nil {
+		return err
+	}
+	defer b.c.Close()
+	if b.aws, err = fakeaws.Start("us-east-1"); err != nil {
+		return err
+	}
+	defer b.aws.Close()
+	b.aws.SetFaults(fakeaws.Faults{Latency: o.awsLatency})
+
+	b.catDir = filepath.Join(dir, "catalog")
+	for i := range o.plugins {
+		p := workflows.Plugin{Name: fmt.Sprintf("plugin-%02d", i+1), Version: "1.0.0"}
+		b.plugins = append(b.plugins, p)
+		if err := catalog.Publish(b.catDir, p.Name, p.Version, map[string]string{"lib/code.js": strings.Repeat("// plugin code\n", 2000)}); err != nil {
+			return err
+		}
+	}
+	if b.cat, err = catalog.New(b.catDir); err != nil {
+		return err
+	}
+
+	type scenario struct {
+		key, name string
+		missing   func(ws int) []int // plugin indexes absent from the box
+	}
+	none := func(int) []int { return nil }
+	allOf := func(int) []int {
+		out := make([]int, o.plugins)
+		for i := range out {
+			out[i] = i
+		}
+		return out
+	}
+	tenth := func(ws int) []int {
+		if ws%10 == 0 {
+			return []int{ws % o.plugins}
+		}
+		return nil
+	}
+	scenarios := []scenario{
+		{"boot", "1 boot-installed fleet", none},
+		{"fresh", "2 fresh fleet, all absent", allOf},
+		{"mixed", "3 mixed: 10 % missing one", tenth},
+	}
+	var rows []result
+	for _, sc := range scenarios {
+		variants := []bool{false}
+		if o.naive {
+			variants = append(variants, true)
+		}
+		for _, naive := range variants {
+			name := sc.name + ", ours"
+			if naive {
+				name = sc.name + ", naive"
+			}
+			step("%s: %d workspaces × %d plugins", name, o.workspaces, o.plugins)
+			r, err := b.measure(ctx, sc.key+map[bool]string{false: "-ours", true: "-naive"}[naive], naive, sc.missing)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			r.name = name
+			rows = append(rows, r)
+			step("%s: %s", name, r.wall.Round(time.Millisecond))
+		}
+	}
+	step("orchestration floor: the same workflows with no-op activities")
+	orch, err := b.orchestrationFloor(ctx)
+	if err != nil {
+		return err
+	}
+	step("orchestration floor: %s", orch.wall.Round(time.Millisecond))
+	step("I/O floor: the same probes over SSH, one connection and one command per box, no Temporal")
+	io, err := b.ioFloor(ctx)
+	if err != nil {
+		return err
+	}
+	step("I/O floor: %s", io.wall.Round(time.Millisecond))
+
+	report := render(o, rows, orch, io)
+	fmt.Print(report)
+	if o.out != "" {
+		return os.WriteFile(o.out, []byte(report), 0o644)
+	}
+	return nil
+}
+
+// boxes starts a fleet with one box per workspace, boot-installed with
+// every plugin except missing(i), and registers the workspaces.
+func (b *bench) boxes(ctx context.Context, prefix string, missing func(int) []int) (*fleet.Fleet, []string, []*fleet.Box, error) {
+	fl, err := fleet.New(b.aws)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var ids []string
+	var boxes []*fleet.Box
+	for i := range b.o.workspaces {
+		boot := map[string][]byte{}
+		for j, p := range b.plugins {
+			if slices.Contains(missing(i), j) {
+				continue
+			}
+			bn, err := b.cat.Bundle(ctx, p.Name, p.Version)
+			if err != nil {
+				return fl, nil, nil, err
+			}
+			boot[p.Name] = bn.Data
+		}
+		box, err := fl.AddBox(fleet.BoxSpec{BootInstalled: boot})
+		if err != nil {
+			return fl, nil, nil, err
+		}
+		box.SetLatency(b.o.sshLatency)
+		ws := fmt.Sprintf("%s-%04d", prefix, i)
+		if err := b.st.UpsertWorkspace(ctx, store.Workspace{ID: ws, InstanceID: box.InstanceID, Region: "us-east-1",
+			AvailabilityZone: box.AvailabilityZone, OSUser: fl.User(), PluginRoot: box.PluginRoot, HostKey: box.HostKey}); err != nil {
+			return fl, nil, nil, err
+		}
+		ids = append(ids, ws)
+		boxes = append(boxes, box)
+	}
+	return fl, ids, boxes, nil
+}
+
+// trigger starts every workspace's reconcile at once and waits for all,
+// returning the wall time and each workspace's latency.
+func (b *bench) trigger(ctx context.Context, ids []string) (time.Duration, []time.Duration, int, error) {
+	lat := make([]time.Duration, len(ids))
+	failed := 0
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	errs := make(chan error, len(ids))
+	for i, ws := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			run, err := workflows.Start(ctx, b.c, workflows.ReconcileInput{WorkspaceID: ws, Plugins: b.plugins})
+			if err != nil {
+				errs <- err
+				return
+			}
+			if _, err := workflows.Result(ctx, run); err != nil {
+				mu.Lock()
+				failed++
+				mu.Unlock()
+			}
+			lat[i] = time.Since(t0)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return 0, nil, 0, err
+	}
+	return time.Since(start), lat, failed, nil
+}
+
+func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing func(int) []int) (result, error) {
+	var r result
+	fl, ids, boxes, err := b.boxes(ctx, prefix, missing)
+	if fl != nil {
+		defer fl.Close()
+	}
+	if err != nil {
+		return r, err
+	}
+	for i := range ids {
+		if len(missing(i)) > 0 {
+			r.wantRestarts++
+		}
+	}
+	args := []string{}
+	if naive {
+		args = append(args, "--naive-access")
+	}
+	cmd := exec.Command(b.bin, args...)
+	cmd.Env = append(os.Environ(),
+		"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
+		"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false",
+		"EIC_MODE=direct", "SSH_PORT="+strconv.Itoa(fl.Port),
+		"RESTART_COMMAND="+fleet.RestartCommand, "IDENTITY_COMMAND="+fleet.IdentityCommand,
+		"METRICS_ADDR=", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_ACCESS_KEY_ID="+fakeaws.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+fakeaws.SecretAccessKey,
+		"AWS_ENDPOINT_URL_EC2="+b.aws.URL(), "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT="+b.aws.URL(),
+	)
+	logf, err := os.Create(filepath.Join(b.dir, prefix+"-worker.log"))
+	if err != nil {
+		return r, err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return r, err
+	}
+	time.Sleep(time.Second) // let it connect and poll
+	cpu0 := procCPU(cmd.Process.Pid)
+	wall, lat, failed, err := b.trigger(ctx, ids)
+	cpu1 := procCPU(cmd.Process.Pid)
+	r.rssMB = procHWM(cmd.Process.Pid)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+	if err != nil {
+		return r, err
+	}
+	r.wall, r.cpu, r.failed = wall, cpu1-cpu0, failed
+	slices.Sort(lat)
+	r.p50, r.p95 = lat[len(lat)/2], lat[len(lat)*95/100]
+	for _, box := range boxes {
+		r.pushes += b.aws.KeyPushes(box.InstanceID)
+		r.handshakes += box.Logins()
+		r.restarts += box.Restarts()
+	}
+	for _, ws := range ids {
+		rows, err := b.st.TrackingRows(ctx, ws)
+		if err != nil {
+			return r, err
+		}
+		for _, t := range rows {
+			if t.DeliveredAt != nil {
+				r.deliveries++
+			}
+		}
+	}
+	r.events = b.historyEvents(ctx, ids)
+	return r, nil
+}
+
+// historyEvents averages the history events (parent and children) of up to
+// ten workspaces' reconciles.
+func (b *bench) historyEvents(ctx context.Context, ids []string) float64 {
+	n, total := 0, 0
+	for i, ws := range ids {
+		if i%max(1, len(ids)/10) != 0 {
+			continue
+		}
+		id := workflows.ReconcileWorkflowID(ws)
+		total += b.countEvents(ctx, id)
+		for _, p := range b.plugins {
+			total += b.countEvents(ctx, workflows.PluginWorkflowID(id, p.Name))
+		}
+		n++
+	}
+	return float64(total) / float64(max(n, 1))
+}
+
+func (b *bench) countEvents(ctx context.Context, id string) int {
+	it := b.c.GetWorkflowHistory(ctx, id, "", false, 0)
+	n := 0
+	for it.HasNext() {
+		if _, err := it.Next(); err != nil {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
+	var r result
+	n := noop{version: "1.0.0"}
+	w := worker.New(b.c, workflows.TaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: 64})
+	w.RegisterWorkflow(workflows.ReconcileWorkspace)
+	w.RegisterWorkflow(workflows.ReconcilePlugin)
+	w.RegisterActivity(&activities.Activities{Box: n, Store: n, Catalog: n})
+	if err := w.Start(); err != nil {
+		return r, err
+	}
+	defer w.Stop()
+	ids := make([]string, b.o.workspaces)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("floor-%04d", i)
+	}
+	wall, lat, failed, err := b.trigger(ctx, ids)
+	if err != nil {
+		return r, err
+	}
+	slices.Sort(lat)
+	r.wall, r.p50, r.p95, r.failed = wall, lat[len(lat)/2], lat[len(lat)*95/100], failed
+	r.events = b.historyEvents(ctx, ids)
+	return r, nil
+}
+
+func (b *bench) ioFloor(ctx context.Context) (result, error) {
+	var r result
+	fl, ids, boxes, err := b.boxes(ctx, "iofloor", func(int) []int { return nil })
+	if fl != nil {
+		defer fl.Close()
+	}
+	if err != nil {
+		return r, err
+	}
+	sdk := b.aws.SDKConfig()
+	access, err := eic.New(eic.Config{EC2: ec2.NewFromConfig(sdk), InstanceConnect: ec2instanceconnect.NewFromConfig(sdk), Port: fl.Port})
+	if err != nil {
+		return r, err
+	}
+	defer access.Close()
+	names := make([]string, len(b.plugins))
+	for i, p := range b.plugins {
+		names[i] = p.Name
+	}
+	lat := make([]time.Duration, len(ids))
+	errs := make(chan error, len(boxes))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, box := range boxes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			out, err := access.ReadManifests(ctx, eic.Target{InstanceID: box.InstanceID, OSUser: fl.User(), HostKey: box.HostKey, PluginRoot: box.PluginRoot}, names)
+			if err == nil && len(out) != len(names) {
+				err = fmt.Errorf("%d manifests", len(out))
+			}
+			if err != nil {
+				errs <- err
+			}
+			lat[i] = time.Since(t0)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return r, err
+	}
+	r.wall = time.Since(start)
+	slices.Sort(lat)
+	r.p50, r.p95 = lat[len(lat)/2], lat[len(lat)*95/100]
+	st := access.Stats()
+	r.pushes, r.handshakes = int(st.KeyPushes), int(st.Handshakes)
+	return r, nil
+}
+
+func procCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func procHWM(pid int) float64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+func machine() string {
+	cpu := ""
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := ""
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0])
+		if len(f) >= 2 {
+			kb, _ := strconv.Atoi(f[1])
+			mem = fmt.Sprintf("%.0f GiB", float64(kb)/1024/1024)
+		}
+	}
+	return fmt.Sprintf("%d CPUs (%s), %s memory, %s/%s, %s", runtime.NumCPU(), cpu, mem, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+func render(o options, rows []result, orch, io result) string {
+	var s strings.Builder
+	fmt.Fprintf(&s, "# Benchmarks\n\nWritten by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
+	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; embedded Temporal (in-memory SQLite, %d history shards), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's).\n\n",
+		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards)
+	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	w := float64(o.workspaces)
+	line := func(r result, pushes, hs, deliv, restarts, cpu, rss string) {
+		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %.0f | %s | %s | %d | %s | %s |\n",
+			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, r.events, deliv, restarts, r.failed, cpu, rss)
+	}
+	for _, r := range rows {
+		line(r, fmt.Sprintf("%.2f", float64(r.pushes)/w), fmt.Sprintf("%.2f", float64(r.handshakes)/w),
+			strconv.Itoa(r.deliveries), fmt.Sprintf("%d (%d)", r.restarts, r.wantRestarts), fmt.Sprintf("%.1f s", r.cpu.Seconds()), fmt.Sprintf("%.0f MB", r.rssMB))
+	}
+	orch.name, io.name = "orchestration floor (no-op activities)", "I/O floor (SSH only, 1 command per box)"
+	line(orch, "-", "-", "-", "-", "-", "-")
+	line(io, fmt.Sprintf("%.2f", float64(io.pushes)/w), fmt.Sprintf("%.2f", float64(io.handshakes)/w), "-", "-", "-", "-")
+
+	s.WriteString("\n| scenario | ours / naive (wall) | naive / ours (handshakes) | ours / orchestration floor | ours / I/O floor |\n|---|---|---|---|---|\n")
+	for i := 0; i < len(rows); i++ {
+		ours := rows[i]
+		if !strings.HasSuffix(ours.name, ", ours") {
+			continue
+		}
+		vsNaive, hs := "-", "-"
+		if i+1 < len(rows) && strings.HasSuffix(rows[i+1].name, ", naive") {
+			n := rows[i+1]
+			vsNaive = fmt.Sprintf("%.2f", ours.wall.Seconds()/n.wall.Seconds())
+			hs = fmt.Sprintf("%.1f×", float64(n.handshakes)/float64(max(ours.handshakes, 1)))
+		}
+		fmt.Fprintf(&s, "| %s | %s | %s | %.2f | %.1f |\n", strings.TrimSuffix(ours.name, ", ours"), vsNaive, hs,
+			ours.wall.Seconds()/orch.wall.Seconds(), ours.wall.Seconds()/io.wall.Seconds())
+	}
+	return s.String()
+}
