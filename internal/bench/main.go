@@ -33,6 +33,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -302,14 +303,9 @@ func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing 
 		args = append(args, "--naive-access")
 	}
 	cmd := exec.Command(b.bin, args...)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
 		"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-		"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false",
-		"EIC_MODE=direct", "SSH_PORT="+strconv.Itoa(fl.Port),
-		"RESTART_COMMAND="+fleet.RestartCommand, "IDENTITY_COMMAND="+fleet.IdentityCommand,
-		"METRICS_ADDR=", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true",
-		"AWS_ACCESS_KEY_ID="+fakeaws.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+fakeaws.SecretAccessKey,
-		"AWS_ENDPOINT_URL_EC2="+b.aws.URL(), "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT="+b.aws.URL(),
+		"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
 	)
 	logf, err := os.Create(filepath.Join(b.dir, prefix+"-worker.log"))
 	if err != nil {
@@ -386,7 +382,7 @@ func (b *bench) countEvents(ctx context.Context, id string) int {
 func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
 	var r result
 	n := noop{version: "1.0.0"}
-	w := worker.New(b.c, workflows.TaskQueue, worker.Options{MaxConcurrentActivityExecutionSize: 64})
+	w := worker.New(b.c, workflows.TaskQueue, service.WorkerOptions(service.FromEnv().MaxActivities))
 	w.RegisterWorkflow(workflows.ReconcileWorkspace)
 	w.RegisterWorkflow(workflows.ReconcilePlugin)
 	w.RegisterActivity(&activities.Activities{Box: n, Store: n, Catalog: n})

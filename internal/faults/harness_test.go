@@ -207,14 +207,9 @@ func (h *harness) startWorker() {
 	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(h.t, err)
 	cmd := exec.Command(workerBin)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(append(os.Environ(), h.fleet.WorkerEnv()...),
 		"TEMPORAL_ADDRESS="+h.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-		"DATABASE_URL="+h.dsn, "CATALOG_DIR="+h.catDir, "MIGRATE=true",
-		"EIC_MODE=direct", "SSH_PORT="+strconv.Itoa(h.fleet.Port),
-		"RESTART_COMMAND="+fleet.RestartCommand, "IDENTITY_COMMAND="+fleet.IdentityCommand,
-		"METRICS_ADDR=", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true",
-		"AWS_ACCESS_KEY_ID="+fakeaws.AccessKeyID, "AWS_SECRET_ACCESS_KEY="+fakeaws.SecretAccessKey,
-		"AWS_ENDPOINT_URL_EC2="+h.aws.URL(), "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT="+h.aws.URL(),
+		"DATABASE_URL="+h.dsn, "CATALOG_DIR="+h.catDir, "MIGRATE=true", "METRICS_ADDR=",
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

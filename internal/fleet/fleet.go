@@ -112,6 +112,19 @@ func New(aws *fakeaws.Server) (*Fleet, error) {
 	return f, nil
 }
 
+// WorkerEnv is the environment that points a worker process at this fleet:
+// direct access on the fleet's SSH port, the simulated runtime's commands,
+// and AWS's own variables aimed at the fake endpoint.
+func (f *Fleet) WorkerEnv() []string {
+	return []string{
+		"EIC_MODE=direct", "SSH_PORT=" + strconv.Itoa(f.Port),
+		"RESTART_COMMAND=" + RestartCommand, "IDENTITY_COMMAND=" + IdentityCommand,
+		"AWS_REGION=" + f.AWS.Region, "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_ACCESS_KEY_ID=" + fakeaws.AccessKeyID, "AWS_SECRET_ACCESS_KEY=" + fakeaws.SecretAccessKey,
+		"AWS_ENDPOINT_URL_EC2=" + f.AWS.URL(), "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT=" + f.AWS.URL(),
+	}
+}
+
 // User is the account that boxes accept logins for.
 func (f *Fleet) User() string { return f.user.Username }
 

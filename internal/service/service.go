@@ -192,8 +192,18 @@ func (s *Service) Register(w worker.Registry) {
 }
 
 // WorkerOptions are the worker's options for this configuration.
-func (s *Service) WorkerOptions() worker.Options {
-	return worker.Options{MaxConcurrentActivityExecutionSize: s.cfg.MaxActivities}
+func (s *Service) WorkerOptions() worker.Options { return WorkerOptions(s.cfg.MaxActivities) }
+
+// WorkerOptions are the reconciler worker's options with maxActivities
+// concurrent activities (the benchmark's floor worker uses them too).
+func WorkerOptions(maxActivities int) worker.Options {
+	return worker.Options{
+		MaxConcurrentActivityExecutionSize: maxActivities,
+		// A reconcile is many short workflow tasks (a parent and a child
+		// per plugin): more pollers keep them flowing.
+		MaxConcurrentWorkflowTaskPollers: 4,
+		MaxConcurrentActivityTaskPollers: 4,
+	}
 }
 
 // Close releases connections.
