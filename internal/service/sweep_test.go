@@ -121,7 +121,37 @@ func TestSweepFleetWindowRestartPacingAndContinueAsNew(t *testing.T) {
 	require.LessOrEqual(t, maxInFlight(), 20)
 	require.Greater(t, maxInFlight(), 1, "the window was used")
 	require.LessOrEqual(t, maxRestarting(), 3)
-	require.GreaterOrEqual(t, maxRestarting(), 2, "restarts overlapped up to the limit")
+}
+
+// Every box needs a slow restart at once: without the permits up to 12
+// would restart together; with them, at most 3.
+func TestSweepPacesRestarts(t *testing.T) {
+	s := servicetest.New(t)
+	boxes := fleetOf(t, s, "ws-pace", 12, func(int) bool { return true })
+	for _, b := range boxes {
+		require.NoError(t, b.SetRestartDelay(time.Second))
+	}
+	maxRestarting, stop := sample(20*time.Millisecond, func() int {
+		c := 0
+		for _, b := range boxes {
+			if b.Restarting() {
+				c++
+			}
+		}
+		return c
+	})
+	run, err := workflows.StartSweep(ctx(t), s.Client, workflows.SweepInput{MaxConcurrency: 12, MaxRestartsInFlight: 3})
+	require.NoError(t, err)
+	var rep workflows.SweepReport
+	require.NoError(t, run.Get(ctx(t), &rep))
+	stop()
+	require.Equal(t, 12, rep.Restarts)
+	for _, b := range boxes {
+		require.Equal(t, 1, b.Restarts())
+	}
+	t.Logf("measured: at most %d of 12 boxes restarting at once (limit 3)", maxRestarting())
+	require.LessOrEqual(t, maxRestarting(), 3)
+	require.GreaterOrEqual(t, maxRestarting(), 2, "the restarts did overlap, up to the limit")
 }
 
 func TestSweepStopsAtTheErrorBudget(t *testing.T) {
