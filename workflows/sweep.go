@@ -151,7 +151,7 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 			case err == nil:
 			case errors.As(err, &app) && app.Type() == ErrPluginsFailed:
 				_ = app.Details(&res)
-			case isAlreadyStarted(err):
+			case temporal.IsWorkflowExecutionAlreadyStartedError(err):
 				rep.Skipped++
 				return
 			default:
@@ -225,10 +225,6 @@ func (r *SweepReport) tally(workspace string, res ReconcileResult) {
 		r.Failures++
 		r.Failed = append(r.Failed, fmt.Sprintf("%s: plugins failed: %s", workspace, strings.Join(res.Failed, ", ")))
 	}
-}
-
-func isAlreadyStarted(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "already started")
 }
 
 func quoteOrStart(after string) string {

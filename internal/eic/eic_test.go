@@ -3,7 +3,6 @@ package eic_test
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -12,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle/bundletest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
@@ -291,37 +290,18 @@ func files(t *testing.T, dir string) []string {
 	return out
 }
 
-func rawTarGz(t *testing.T, entries ...tar.Header) []byte {
-	t.Helper()
-	var gb bytes.Buffer
-	zw := gzip.NewWriter(&gb)
-	tw := tar.NewWriter(zw)
-	m := plugin.Manifest{Name: "evil", Version: "1"}.Marshal()
-	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "plugin.yaml", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(m))}))
-	_, _ = tw.Write(m)
-	for _, h := range entries {
-		require.NoError(t, tw.WriteHeader(&h))
-		if h.Typeflag == tar.TypeReg {
-			_, _ = tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
-		}
-	}
-	require.NoError(t, tw.Close())
-	require.NoError(t, zw.Close())
-	return gb.Bytes()
-}
-
 func TestInstallRejectsUnsafeBundlesBeforeWriting(t *testing.T) {
 	e := newEnv(t, eic.Direct, nil)
 	before := files(t, e.box.PluginRoot)
-	lying := rawTarGz(t, tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10})
+	lying := bundletest.Raw(t, "evil", tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10})
 	lying = lying[:len(lying)-20] // cut: the archive claims more than it holds
 	cases := map[string][]byte{
-		"dot-dot":          rawTarGz(t, tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}),
-		"absolute":         rawTarGz(t, tar.Header{Name: "/tmp/escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}),
-		"symlink out":      rawTarGz(t, tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}),
-		"symlink relative": rawTarGz(t, tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "../../.."}),
-		"hard link out":    rawTarGz(t, tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}),
-		"device":           rawTarGz(t, tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}),
+		"dot-dot":          bundletest.Raw(t, "evil", tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}),
+		"absolute":         bundletest.Raw(t, "evil", tar.Header{Name: "/tmp/escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}),
+		"symlink out":      bundletest.Raw(t, "evil", tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}),
+		"symlink relative": bundletest.Raw(t, "evil", tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "../../.."}),
+		"hard link out":    bundletest.Raw(t, "evil", tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}),
+		"device":           bundletest.Raw(t, "evil", tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}),
 		"lying size":       lying,
 	}
 	for desc, data := range cases {
@@ -552,8 +532,6 @@ func TestTargetValidation(t *testing.T) {
 		mut(&tg)
 		require.Error(t, tg.Validate(), desc)
 	}
-	_, err := net.ResolveTCPAddr("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 }
 
 func TestBoxLatencyIsAddedEachWay(t *testing.T) {

@@ -9,7 +9,6 @@ package faults
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -24,6 +23,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle/bundletest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
@@ -286,35 +286,17 @@ func TestBadManifestsAreRedelivered(t *testing.T) {
 	}
 }
 
-// rawBundle is a tar.gz with a valid manifest for name plus extra entries.
-func rawBundle(t *testing.T, name string, cut int, extra ...tar.Header) []byte {
-	var gb bytes.Buffer
-	zw := gzip.NewWriter(&gb)
-	tw := tar.NewWriter(zw)
-	m := plugin.Manifest{Name: name, Version: "1.0.0"}.Marshal()
-	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "plugin.yaml", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(m))}))
-	_, _ = tw.Write(m)
-	for _, hd := range extra {
-		require.NoError(t, tw.WriteHeader(&hd))
-		if hd.Typeflag == tar.TypeReg {
-			_, _ = tw.Write(bytes.Repeat([]byte("x"), int(hd.Size)))
-		}
-	}
-	require.NoError(t, tw.Close())
-	require.NoError(t, zw.Close())
-	return gb.Bytes()[:gb.Len()-cut]
-}
-
 func TestMaliciousBundlesAreRefusedBeforeWriting(t *testing.T) {
 	h := newHarness(t)
 	bundles := map[string][]byte{
-		"evil-dotdot":   rawBundle(t, "evil-dotdot", 0, tar.Header{Name: "../../../tmp/pwned", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}),
-		"evil-absolute": rawBundle(t, "evil-absolute", 0, tar.Header{Name: "/etc/cron.d/pwned", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}),
-		"evil-symlink":  rawBundle(t, "evil-symlink", 0, tar.Header{Name: "etc", Typeflag: tar.TypeSymlink, Linkname: "/etc"}),
-		"evil-hardlink": rawBundle(t, "evil-hardlink", 0, tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}),
-		"evil-device":   rawBundle(t, "evil-device", 0, tar.Header{Name: "mem", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 1}),
-		"evil-lying":    rawBundle(t, "evil-lying", 24, tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4096}),
+		"evil-dotdot":   bundletest.Raw(t, "evil-dotdot", tar.Header{Name: "../../../tmp/pwned", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}),
+		"evil-absolute": bundletest.Raw(t, "evil-absolute", tar.Header{Name: "/etc/cron.d/pwned", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}),
+		"evil-symlink":  bundletest.Raw(t, "evil-symlink", tar.Header{Name: "etc", Typeflag: tar.TypeSymlink, Linkname: "/etc"}),
+		"evil-hardlink": bundletest.Raw(t, "evil-hardlink", tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}),
+		"evil-device":   bundletest.Raw(t, "evil-device", tar.Header{Name: "mem", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 1}),
 	}
+	lying := bundletest.Raw(t, "evil-lying", tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4096})
+	bundles["evil-lying"] = lying[:len(lying)-24] // the stream ends before the entry does
 	var plugins []workflows.Plugin
 	for name, data := range bundles {
 		require.NoError(t, os.MkdirAll(filepath.Join(h.catDir, name), 0o755))
