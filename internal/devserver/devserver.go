@@ -5,6 +5,7 @@ package devserver
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -56,6 +58,7 @@ type Server struct {
 	ui       *uiserver.Server
 	frontend string
 	uiURL    string
+	dbDSN    string // the SQLite database, for checks
 }
 
 // Start starts Temporal and, unless disabled, the Web UI, and waits until
@@ -84,11 +87,17 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		sqlCfg.ConnectAttributes["_journal_mode"] = "wal"
 		sqlCfg.ConnectAttributes["_synchronous"] = "2"
 	}
-	// An in-memory database gets its schema from the SQLite plugin itself;
-	// a new file needs it set up.
-	if _, err := os.Stat(sqlCfg.DatabaseName); o.StateDir != "" && errors.Is(err, os.ErrNotExist) {
-		if err := sqlite.SetupSchema(&sqlCfg); err != nil {
-			return nil, fmt.Errorf("temporal schema: %w", err)
+	// An in-memory database gets its schema from the SQLite plugin itself
+	// (its visibility indexes are trimmed once the server is up); a new
+	// file needs it set up.
+	if o.StateDir != "" {
+		if _, err := os.Stat(sqlCfg.DatabaseName); errors.Is(err, os.ErrNotExist) {
+			if err := sqlite.SetupSchema(&sqlCfg); err != nil {
+				return nil, fmt.Errorf("temporal schema: %w", err)
+			}
+		}
+		if err := trimVisibilityIndexes(ctx, "file:"+sqlCfg.DatabaseName+"?mode=rw"); err != nil {
+			return nil, err
 		}
 	}
 	ns, err := sqlite.NewNamespaceConfig("active", Namespace, false, o.SearchAttributes)
@@ -123,6 +132,10 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 			// add forwarding between them.
 			dynamicconfig.MatchingNumTaskqueueReadPartitions.Key():  []dynamicconfig.ConstrainedValue{{Value: 1}},
 			dynamicconfig.MatchingNumTaskqueueWritePartitions.Key(): []dynamicconfig.ConstrainedValue{{Value: 1}},
+			// An activity scheduled by a workflow task goes back to the
+			// worker that completed it, when it has a free slot, in the
+			// same response: no transfer task, no matching round trip.
+			dynamicconfig.EnableActivityEagerExecution.Key(): []dynamicconfig.ConstrainedValue{{Value: true}},
 		}),
 	)
 	if err != nil {
@@ -131,10 +144,17 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("start temporal server: %w", err)
 	}
-	s := &Server{server: srv, frontend: fmt.Sprintf("127.0.0.1:%d", frontendPort)}
+	s := &Server{server: srv, frontend: fmt.Sprintf("127.0.0.1:%d", frontendPort), dbDSN: "file:" + sqlCfg.DatabaseName + "?mode=rw"}
 	if err := s.waitReady(ctx); err != nil {
 		_ = srv.Stop()
 		return nil, err
+	}
+	if o.StateDir == "" {
+		s.dbDSN = "file:" + sqlCfg.DatabaseName + "?mode=memory&cache=shared"
+		if err := trimVisibilityIndexes(ctx, s.dbDSN); err != nil {
+			_ = srv.Stop()
+			return nil, err
+		}
 	}
 
 	if o.UIPort != -2 {
@@ -227,6 +247,55 @@ func waitHTTP(ctx context.Context, url string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// unusedVisibilityIndexes are the indexes of Temporal's SQLite visibility
+// table on columns nothing here filters or sorts on: pre-allocated custom
+// attributes of types this project does not register (bool, datetime,
+// double, int), sizes and counters, and system attributes of features a
+// dev server does not use (batcher, schedule pausing, worker deployments).
+// Every visibility write (start, upsert, close of each of a reconcile's
+// workflows) is a REPLACE that updates all 61 indexes; without these 38
+// the visibility queue costs about half. Queries on those columns still
+// work, by a scan. Kept: the default listing, workflow ID/type, status,
+// task queue, parent/root workflow, schedules, namespace division and the
+// keyword attributes (WorkspaceId, InstanceId, ReconcileOutcome).
+var unusedVisibilityIndexes = strings.Fields(`
+	by_history_length by_history_size_bytes by_execution_duration by_state_transition_count
+	by_parent_run_id by_root_run_id by_batcher_user
+	by_temporal_scheduled_start_time by_temporal_schedule_paused by_temporal_pause_info
+	by_temporal_worker_deployment_version by_temporal_workflow_versioning_behavior by_temporal_worker_deployment
+	by_bool_01 by_bool_02 by_bool_03 by_datetime_01 by_datetime_02 by_datetime_03
+	by_double_01 by_double_02 by_double_03 by_int_01 by_int_02 by_int_03
+	by_temporal_bool_01 by_temporal_bool_02 by_temporal_datetime_01 by_temporal_datetime_02
+	by_temporal_double_01 by_temporal_double_02 by_temporal_int_01 by_temporal_int_02
+	by_temporal_keyword_01 by_temporal_keyword_02 by_temporal_keyword_03 by_temporal_keyword_04
+	by_temporal_low_cardinality_keyword_01`)
+
+// trimVisibilityIndexes drops unusedVisibilityIndexes from the database at
+// dsn (SQLite, the driver the server's plugin registers). Idempotent: a
+// dropped index stays dropped. A shared in-memory database may be briefly
+// locked by the running server, so a locked table is retried.
+func trimVisibilityIndexes(ctx context.Context, dsn string) error {
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return fmt.Errorf("temporal visibility indexes: %w", err)
+	}
+	defer db.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, idx := range unusedVisibilityIndexes {
+		for {
+			_, err = db.ExecContext(ctx, "DROP INDEX IF EXISTS "+idx)
+			if err == nil || !strings.Contains(err.Error(), "locked") || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("temporal visibility index %s: %w", idx, err)
+		}
+	}
+	return nil
 }
 
 // pickPort returns want, or def for 0, or a free port for -1; a busy port
