@@ -38,9 +38,12 @@ type Access struct {
 	// reconnect before the stored key reaches the caller's Target still
 	// verifies against it.
 	pinned map[string]ssh.PublicKey
+	// manifests batches concurrent manifest reads per box.
+	manifests map[string]*manifestBox
 
 	keyPushes  atomic.Int64
 	handshakes atomic.Int64
+	commands   atomic.Int64
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -51,7 +54,7 @@ func New(cfg Config) (*Access, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Access{cfg: cfg, conns: map[string]*conn{}, pinned: map[string]ssh.PublicKey{}, stop: make(chan struct{})}
+	a := &Access{cfg: cfg, conns: map[string]*conn{}, pinned: map[string]ssh.PublicKey{}, manifests: map[string]*manifestBox{}, stop: make(chan struct{})}
 	a.wg.Add(1)
 	go a.reapIdle()
 	return a, nil
@@ -59,12 +62,17 @@ func New(cfg Config) (*Access, error) {
 
 // Close closes every connection.
 func (a *Access) Close() error {
+	// Under the lock: a batched read that saw Access open has added itself
+	// to the wait group before stop closes.
+	a.mu.Lock()
 	select {
 	case <-a.stop:
+		a.mu.Unlock()
 		return nil
 	default:
 	}
 	close(a.stop)
+	a.mu.Unlock()
 	a.wg.Wait()
 	a.mu.Lock()
 	conns := a.conns
@@ -76,9 +84,9 @@ func (a *Access) Close() error {
 	return nil
 }
 
-// Stats reports key pushes and SSH handshakes so far.
+// Stats reports key pushes, SSH handshakes and remote commands so far.
 func (a *Access) Stats() Stats {
-	return Stats{KeyPushes: a.keyPushes.Load(), Handshakes: a.handshakes.Load()}
+	return Stats{KeyPushes: a.keyPushes.Load(), Handshakes: a.handshakes.Load(), Commands: a.commands.Load()}
 }
 
 // conn is one shared SSH connection to a box. ready is closed when the dial

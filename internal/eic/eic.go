@@ -227,4 +227,5 @@ func (e *BundleError) Error() string {
 type Stats struct {
 	KeyPushes  int64
 	Handshakes int64
+	Commands   int64 // remote commands run (one SSH session each)
 }

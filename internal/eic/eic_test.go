@@ -226,8 +226,82 @@ func TestConcurrentOperationsShareOneConnection(t *testing.T) {
 		}
 		require.Equal(t, 1, e.aws.KeyPushes(e.box.InstanceID), "key pushes")
 		require.Equal(t, 1, e.box.Logins(), "ssh handshakes seen by sshd")
-		require.Equal(t, eic.Stats{KeyPushes: 1, Handshakes: 1}, e.access.Stats())
+		st := e.access.Stats()
+		require.Equal(t, [2]int64{1, 1}, [2]int64{st.KeyPushes, st.Handshakes}, "key pushes, handshakes")
+		require.Less(t, st.Commands, int64(10), "the 10 concurrent reads share commands")
 	})
+}
+
+// Concurrent reads of several plugins on one box, in every state a manifest
+// can be in, share a few commands and each gets what a read of its own gets.
+func TestConcurrentManifestReadsAreBatchedWithTheSameAnswers(t *testing.T) {
+	f := fleettest.New(t)
+	names := []string{"alpha", "beta", "gamma", "delta", "link", "dir", "locked", "big"}
+	boot := map[string][]byte{}
+	for _, n := range names[:4] {
+		boot[n] = packPlugin(t, n, "1.0.0", nil)
+	}
+	box, err := f.AddBox(fleet.BoxSpec{BootInstalled: boot})
+	require.NoError(t, err)
+	root := box.PluginRoot
+	require.NoError(t, os.RemoveAll(filepath.Join(root, "delta"))) // missing
+	for _, n := range []string{"link", "dir", "locked", "big"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(root, n), 0o755))
+	}
+	require.NoError(t, os.Symlink(filepath.Join(root, "alpha", plugin.ManifestFile), filepath.Join(root, "link", plugin.ManifestFile)))
+	require.NoError(t, os.Mkdir(filepath.Join(root, "dir", plugin.ManifestFile), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "locked", plugin.ManifestFile), []byte("name: locked\n"), 0o000))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "big", plugin.ManifestFile), bytes.Repeat([]byte("x\n"), plugin.MaxManifestBytes), 0o644))
+
+	batched := newEnvOn(t, f, box, eic.Direct, nil)
+	single := newEnvOn(t, f, box, eic.Direct, func(c *eic.Config) { c.NoReuse = true })
+	type answer struct {
+		data     []byte
+		notFound bool
+		err      string
+	}
+	read := func(e *env, name string) answer {
+		data, err := e.access.ReadManifest(ctx(t), e.target, name)
+		a := answer{data: data, notFound: errors.Is(err, eic.ErrNotFound)}
+		if err != nil {
+			a.err = err.Error()
+		}
+		return a
+	}
+	want := map[string]answer{}
+	for _, n := range names {
+		want[n] = read(single, n)
+	}
+	require.Equal(t, plugin.MaxManifestBytes+1, len(want["big"].data), "one byte over, so the caller sees it is too large")
+	require.Contains(t, string(want["alpha"].data), "name: alpha")
+	for _, n := range []string{"delta", "link", "dir", "locked"} {
+		require.True(t, want[n].notFound, n)
+	}
+
+	const rounds = 3
+	var wg sync.WaitGroup
+	got := make([]map[string]answer, rounds)
+	var mu sync.Mutex
+	for r := range rounds {
+		got[r] = map[string]answer{}
+		for _, n := range names {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a := read(batched, n)
+				mu.Lock()
+				got[r][n] = a
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	for r := range rounds {
+		require.Equal(t, want, got[r], "round %d", r)
+	}
+	st := batched.access.Stats()
+	require.Equal(t, int64(1), st.Handshakes)
+	require.LessOrEqual(t, st.Commands, int64(4), "%d reads", rounds*len(names))
 }
 
 func TestPinnedHostKeyMismatchIsRefused(t *testing.T) {

@@ -35,6 +35,7 @@ func (a *Access) run(ctx context.Context, t Target, command string, stdin io.Rea
 	var out []byte
 	status := 0
 	err := a.session(ctx, t, func(s *ssh.Session) error {
+		a.commands.Add(1)
 		var stderr limitedBuffer
 		stderr.max = 4 << 10
 		s.Stderr = &stderr
@@ -92,22 +93,31 @@ func pluginDir(t Target, name string) (string, error) {
 
 // ReadManifest returns the plugin's plugin.yaml from the box, at most
 // plugin.MaxManifestBytes+1 bytes of it (so a caller can tell it is too
-// large). ErrNotFound when there is none.
+// large). ErrNotFound when there is none. Concurrent reads on one box share
+// a command (see manifests.go); with NoReuse each read is its own command.
 func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byte, error) {
 	dir, err := pluginDir(t, name)
 	if err != nil {
 		return nil, err
 	}
-	f := quote(dir + "/" + plugin.ManifestFile)
-	cmd := fmt.Sprintf(`f=%s; if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi; if [ -L "$f" ] || [ ! -f "$f" ]; then exit %d; fi; if [ ! -r "$f" ]; then exit %d; fi; head -c %d -- "$f"`,
-		f, exitNotFound, exitNotRegular, exitUnreadable, plugin.MaxManifestBytes+1)
-	out, status, err := a.run(ctx, t, cmd, nil, plugin.MaxManifestBytes+1)
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	var r manifestRead
+	if a.cfg.NoReuse {
+		f := quote(dir + "/" + plugin.ManifestFile)
+		cmd := fmt.Sprintf(`f=%s; if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi; if [ -L "$f" ] || [ ! -f "$f" ]; then exit %d; fi; if [ ! -r "$f" ]; then exit %d; fi; head -c %d -- "$f"`,
+			f, exitNotFound, exitNotRegular, exitUnreadable, plugin.MaxManifestBytes+1)
+		r.data, r.status, err = a.run(ctx, t, cmd, nil, plugin.MaxManifestBytes+1)
+	} else {
+		r, err = a.readManifestBatched(ctx, t, name)
+	}
 	if err != nil {
 		return nil, err
 	}
-	switch status {
+	switch r.status {
 	case 0:
-		return out, nil
+		return r.data, nil
 	case exitNotFound:
 		return nil, fmt.Errorf("no %s on %s: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
 	case exitNotRegular:
@@ -115,7 +125,7 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 	case exitUnreadable:
 		return nil, fmt.Errorf("%s on %s is not readable: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
 	default:
-		return nil, &RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: "reading manifest"}
+		return nil, &RemoteError{InstanceID: t.InstanceID, Status: r.status, Stderr: "reading manifest"}
 	}
 }
 
