@@ -44,6 +44,8 @@ demo: deps ## run the scenario on the embedded stack (Temporal + Web UI, Postgre
 worker: ## run the worker against the Temporal and Postgres of your environment (TEMPORAL_ADDRESS, DATABASE_URL, ...)
 	$(GO) run ./worker
 
+# adaptivestackstart: the embedded server's SQLite runs deep stacks on fresh
+# goroutines; without it ~9 % of the server's CPU went to growing stacks.
 bench: deps ## fleet-scale benchmark on the real stack (ours, naive, floors); writes docs/benchmarks.md; BENCH_FLAGS=-workspaces=20 for a quick one
-	$(GO) run ./internal/bench $(BENCH_FLAGS)
+	GODEBUG=adaptivestackstart=1 $(GO) run ./internal/bench $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/bundle/

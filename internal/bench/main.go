@@ -14,6 +14,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,6 +46,8 @@ type options struct {
 	awsLatency, sshLatency      time.Duration
 	out                         string
 	naive                       bool
+	only                        string
+	cpuProfile                  string
 }
 
 // result is one measured run.
@@ -52,10 +56,14 @@ type result struct {
 	wall                 time.Duration
 	p50, p95             time.Duration
 	pushes, handshakes   int
+	commands             int     // remote commands (SSH sessions) on the boxes
 	events               float64 // history events per workspace (sampled)
 	deliveries, restarts int
 	wantRestarts         int
 	cpu                  time.Duration
+	boxCPU               time.Duration // the simulated boxes' sshd, sessions and commands
+	selfCPU              time.Duration // this process: the embedded server, fake AWS, link proxies
+	allCPU               time.Duration // the whole machine
 	rssMB                float64
 	failed               int
 }
@@ -64,12 +72,18 @@ func main() {
 	var o options
 	flag.IntVar(&o.workspaces, "workspaces", 200, "workspaces (one box each)")
 	flag.IntVar(&o.plugins, "plugins", 8, "declared plugins per workspace")
-	flag.IntVar(&o.shards, "shards", 4, "history shards of the embedded server")
+	flag.IntVar(&o.shards, "shards", 8, "history shards of the embedded server")
 	flag.DurationVar(&o.awsLatency, "aws-latency", 100*time.Millisecond, "added to every AWS API call")
 	flag.DurationVar(&o.sshLatency, "ssh-latency", 20*time.Millisecond, "added each way on every box's SSH link")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: don't)")
 	flag.BoolVar(&o.naive, "naive", true, "also run the naive access path")
+	flag.StringVar(&o.only, "only", "", "comma-separated runs to make (boot, fresh, mixed, floor, io); prints their figures, writes no report")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server, and the floor's worker) to this file")
 	flag.Parse()
+	// This process runs the embedded server, which allocates heavily (the
+	// floor's profile: a tenth of the CPU in GC at the default 100). The
+	// worker processes keep the default.
+	debug.SetGCPercent(400)
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -105,7 +119,7 @@ func run(o options) error {
 	if out, err := exec.Command("go", "build", "-o", b.bin, "./worker").CombinedOutput(); err != nil {
 		return fmt.Errorf("build worker: %v: %s", err, out)
 	}
-	step("starting Postgres, Temporal (%d history shards), the fake AWS endpoint (+%s per call)", o.shards, o.awsLatency)
+	step("starting Postgres and the fake AWS endpoint (+%s per call); each run gets a fresh Temporal server (%d history shards)", o.awsLatency, o.shards)
 	pg, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), 0)
 	if err != nil {
 		return err
@@ -121,14 +135,6 @@ func run(o options) error {
 		return err
 	}
 	defer b.st.Close()
-	if b.dev, err = devserver.Start(ctx, devserver.Options{FrontendPort: -1, UIPort: -2, HistoryShards: int32(o.shards), SearchAttributes: workflows.SearchAttributes()}); err != nil {
-		return err
-	}
-	defer b.dev.Stop()
-	if b.c, err = client.Dial(client.Options{HostPort: b.dev.FrontendAddress(), Namespace: devserver.Namespace}); err != nil {
-		return err
-	}
-	defer b.c.Close()
 	if b.aws, err = fakeaws.Start("us-east-1"); err != nil {
 		return err
 	}
@@ -170,8 +176,23 @@ func run(o options) error {
 		{"fresh", "2 fresh fleet, all absent", allOf},
 		{"mixed", "3 mixed: 10 % missing one", tenth},
 	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	want := func(key string) bool { return o.only == "" || slices.Contains(strings.Split(o.only, ","), key) }
 	var rows []result
 	for _, sc := range scenarios {
+		if !want(sc.key) {
+			continue
+		}
 		variants := []bool{false}
 		if o.naive {
 			variants = append(variants, true)
@@ -191,18 +212,32 @@ func run(o options) error {
 			step("%s: %s", name, r.wall.Round(time.Millisecond))
 		}
 	}
-	step("orchestration floor: the same workflows with no-op activities")
-	orch, err := b.orchestrationFloor(ctx)
-	if err != nil {
-		return err
+	var orch, io result
+	if want("floor") {
+		step("orchestration floor: the same workflows with no-op activities")
+		if orch, err = b.orchestrationFloor(ctx); err != nil {
+			return err
+		}
+		orch.name = "orchestration floor"
+		step("orchestration floor: %s", orch.wall.Round(time.Millisecond))
 	}
-	step("orchestration floor: %s", orch.wall.Round(time.Millisecond))
-	step("I/O floor: the same probes over SSH, one connection and one command per box, no Temporal")
-	io, err := b.ioFloor(ctx)
-	if err != nil {
-		return err
+	if want("io") {
+		step("I/O floor: the same probes over SSH, one connection and one command per box, no Temporal")
+		if io, err = b.ioFloor(ctx); err != nil {
+			return err
+		}
+		io.name = "I/O floor"
+		step("I/O floor: %s", io.wall.Round(time.Millisecond))
 	}
-	step("I/O floor: %s", io.wall.Round(time.Millisecond))
+	if o.only != "" {
+		for _, r := range append(rows, orch, io) {
+			if r.name != "" {
+				fmt.Printf("%s: wall %.1f s, p50 %.1f s, p95 %.1f s, pushes %d, handshakes %d, box commands %d, events/ws %.0f, deliveries %d, restarts %d (%d needed), failed %d, worker CPU %.1f s, box CPU %.1f s, server CPU %.1f s, machine CPU %.1f s\n",
+					r.name, r.wall.Seconds(), r.p50.Seconds(), r.p95.Seconds(), r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts, r.wantRestarts, r.failed, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds())
+			}
+		}
+		return nil
+	}
 
 	report := render(o, rows, orch, io)
 	fmt.Print(report)
@@ -210,6 +245,19 @@ func run(o options) error {
 		return os.WriteFile(o.out, []byte(report), 0o644)
 	}
 	return nil
+}
+
+// temporal starts a fresh embedded server for one run, so that every run,
+// the floor included, starts from the same empty state, and dials it.
+func (b *bench) temporal(ctx context.Context) (stop func(), err error) {
+	if b.dev, err = devserver.Start(ctx, devserver.Options{FrontendPort: -1, UIPort: -2, HistoryShards: int32(b.o.shards), SearchAttributes: workflows.SearchAttributes()}); err != nil {
+		return nil, err
+	}
+	if b.c, err = client.Dial(client.Options{HostPort: b.dev.FrontendAddress(), Namespace: devserver.Namespace}); err != nil {
+		b.dev.Stop()
+		return nil, err
+	}
+	return func() { b.c.Close(); b.dev.Stop() }, nil
 }
 
 // boxes starts a fleet with one box per workspace, boot-installed with
@@ -286,6 +334,11 @@ func (b *bench) trigger(ctx context.Context, ids []string) (time.Duration, []tim
 
 func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing func(int) []int) (result, error) {
 	var r result
+	stop, err := b.temporal(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer stop()
 	fl, ids, boxes, err := b.boxes(ctx, prefix, missing)
 	if fl != nil {
 		defer fl.Close()
@@ -317,9 +370,11 @@ func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing 
 		return r, err
 	}
 	time.Sleep(time.Second) // let it connect and poll
-	cpu0 := procCPU(cmd.Process.Pid)
+	cpu0, box0 := procCPU(cmd.Process.Pid, false), boxesCPU(boxes)
+	self0, all0 := procCPU(os.Getpid(), false), machineCPU()
 	wall, lat, failed, err := b.trigger(ctx, ids)
-	cpu1 := procCPU(cmd.Process.Pid)
+	cpu1 := procCPU(cmd.Process.Pid, false)
+	r.selfCPU, r.allCPU = procCPU(os.Getpid(), false)-self0, machineCPU()-all0
 	r.rssMB = procHWM(cmd.Process.Pid)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	_ = cmd.Wait()
@@ -327,11 +382,13 @@ func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing 
 		return r, err
 	}
 	r.wall, r.cpu, r.failed = wall, cpu1-cpu0, failed
+	r.boxCPU = boxesCPU(boxes) - box0
 	slices.Sort(lat)
 	r.p50, r.p95 = lat[len(lat)/2], lat[len(lat)*95/100]
 	for _, box := range boxes {
 		r.pushes += b.aws.KeyPushes(box.InstanceID)
 		r.handshakes += box.Logins()
+		r.commands += box.Commands()
 		r.restarts += box.Restarts()
 	}
 	for _, ws := range ids {
@@ -381,6 +438,11 @@ func (b *bench) countEvents(ctx context.Context, id string) int {
 
 func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
 	var r result
+	stop, err := b.temporal(ctx)
+	if err != nil {
+		return r, err
+	}
+	defer stop()
 	n := noop{version: "1.0.0"}
 	w := worker.New(b.c, workflows.TaskQueue, service.WorkerOptions(service.FromEnv().MaxActivities))
 	w.RegisterWorkflow(workflows.ReconcileWorkspace)
@@ -394,10 +456,12 @@ func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("floor-%04d", i)
 	}
+	self0, all0 := procCPU(os.Getpid(), false), machineCPU()
 	wall, lat, failed, err := b.trigger(ctx, ids)
 	if err != nil {
 		return r, err
 	}
+	r.selfCPU, r.allCPU = procCPU(os.Getpid(), false)-self0, machineCPU()-all0
 	slices.Sort(lat)
 	r.wall, r.p50, r.p95, r.failed = wall, lat[len(lat)/2], lat[len(lat)*95/100], failed
 	r.events = b.historyEvents(ctx, ids)
@@ -423,6 +487,7 @@ func (b *bench) ioFloor(ctx context.Context) (result, error) {
 	for i, p := range b.plugins {
 		names[i] = p.Name
 	}
+	box0 := boxesCPU(boxes)
 	lat := make([]time.Duration, len(ids))
 	errs := make(chan error, len(boxes))
 	var wg sync.WaitGroup
@@ -451,19 +516,63 @@ func (b *bench) ioFloor(ctx context.Context) (result, error) {
 	slices.Sort(lat)
 	r.p50, r.p95 = lat[len(lat)/2], lat[len(lat)*95/100]
 	st := access.Stats()
-	r.pushes, r.handshakes = int(st.KeyPushes), int(st.Handshakes)
+	r.pushes, r.handshakes, r.commands = int(st.KeyPushes), int(st.Handshakes), int(st.Commands)
+	_ = access.Close()
+	r.boxCPU = boxesCPU(boxes) - box0
 	return r, nil
 }
 
-func procCPU(pid int) time.Duration {
+// boxesCPU is the CPU time the boxes' sshd processes have used with every
+// session and command of theirs that has ended: the work that, on a real
+// fleet, runs on the boxes rather than beside the reconciler. Read after
+// the connections are closed (a box's session ends with its connection).
+func boxesCPU(boxes []*fleet.Box) time.Duration {
+	time.Sleep(time.Second) // let sshd reap the sessions of closed connections
+	var t time.Duration
+	for _, box := range boxes {
+		if pid := box.SSHDPid(); pid != 0 {
+			t += procCPU(pid, true)
+		}
+	}
+	return t
+}
+
+// machineCPU is the CPU time all processors have spent busy (user, nice,
+// system, irq, softirq, steal).
+func machineCPU() time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0])
+	ticks := 0
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		if i < len(f) {
+			n, _ := strconv.Atoi(f[i])
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// procCPU is the user+system CPU time of a process; with children, also
+// that of its descendants that have ended and been waited for.
+func procCPU(pid int, children bool) time.Duration {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
 	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+	fields := []int{11, 12} // utime, stime (stat fields 14, 15)
+	if children {
+		fields = append(fields, 13, 14) // cutime, cstime
+	}
+	ticks := 0
+	for _, i := range fields {
+		n, _ := strconv.Atoi(f[i])
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
 func procHWM(pid int) float64 {
@@ -475,6 +584,13 @@ func procHWM(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+func godebug() string {
+	if v := os.Getenv("GODEBUG"); v != "" {
+		return "GODEBUG=" + v
+	}
+	return "no GODEBUG"
 }
 
 func machine() string {
@@ -501,21 +617,25 @@ func machine() string {
 func render(o options, rows []result, orch, io result) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "# Benchmarks\n\nWritten by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
-	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; embedded Temporal (in-memory SQLite, %d history shards), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's).\n\n",
-		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards)
-	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; a fresh embedded Temporal for each run (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker.\n\n",
+		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards, godebug())
+	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	w := float64(o.workspaces)
-	line := func(r result, pushes, hs, deliv, restarts, cpu, rss string) {
-		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %.0f | %s | %s | %d | %s | %s |\n",
-			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, r.events, deliv, restarts, r.failed, cpu, rss)
+	line := func(r result, pushes, hs, cmds, deliv, restarts, cpu, rss string) {
+		box := "-"
+		if r.boxCPU > 0 {
+			box = fmt.Sprintf("%.1f s", r.boxCPU.Seconds())
+		}
+		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %s | %.0f | %s | %s | %d | %s | %s | %s |\n",
+			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, cmds, r.events, deliv, restarts, r.failed, cpu, rss, box)
 	}
 	for _, r := range rows {
-		line(r, fmt.Sprintf("%.2f", float64(r.pushes)/w), fmt.Sprintf("%.2f", float64(r.handshakes)/w),
+		line(r, fmt.Sprintf("%.2f", float64(r.pushes)/w), fmt.Sprintf("%.2f", float64(r.handshakes)/w), fmt.Sprintf("%.1f", float64(r.commands)/w),
 			strconv.Itoa(r.deliveries), fmt.Sprintf("%d (%d)", r.restarts, r.wantRestarts), fmt.Sprintf("%.1f s", r.cpu.Seconds()), fmt.Sprintf("%.0f MB", r.rssMB))
 	}
 	orch.name, io.name = "orchestration floor (no-op activities)", "I/O floor (SSH only, 1 command per box)"
-	line(orch, "-", "-", "-", "-", "-", "-")
-	line(io, fmt.Sprintf("%.2f", float64(io.pushes)/w), fmt.Sprintf("%.2f", float64(io.handshakes)/w), "-", "-", "-", "-")
+	line(orch, "-", "-", "-", "-", "-", "-", "-")
+	line(io, fmt.Sprintf("%.2f", float64(io.pushes)/w), fmt.Sprintf("%.2f", float64(io.handshakes)/w), fmt.Sprintf("%.1f", float64(io.commands)/w), "-", "-", "-", "-")
 
 	s.WriteString("\n| scenario | ours / naive (wall) | naive / ours (handshakes) | ours / orchestration floor | ours / I/O floor |\n|---|---|---|---|---|\n")
 	for i := 0; i < len(rows); i++ {

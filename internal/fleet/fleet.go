@@ -343,7 +343,7 @@ func (b *Box) writeConfig() error {
 		"AllowTcpForwarding no",
 		"SetEnv RUNTIME_DIR=" + b.RuntimeDir,
 		"MaxStartups 200:30:400",
-		"LogLevel INFO",
+		"LogLevel VERBOSE", // VERBOSE logs each session's start
 		"",
 	}, "\n")
 	return os.WriteFile(filepath.Join(b.dir, "sshd_config"), []byte(cfg), 0o644)
@@ -414,6 +414,18 @@ func (b *Box) StopSSHD() {
 	b.cmd = nil
 }
 
+// SSHDPid is the pid of the box's sshd (0 when it is stopped): every
+// session and command on the box descends from it, so its reaped children's
+// CPU time is the box's own work.
+func (b *Box) SSHDPid() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd == nil {
+		return 0
+	}
+	return b.cmd.Process.Pid
+}
+
 // Reboot simulates an instance reboot: sshd goes away, the runtime restarts
 // (counted, new identity), sshd comes back.
 func (b *Box) Reboot() error {
@@ -471,6 +483,12 @@ func (b *Box) Identity() string {
 // restarts of this box's sshd.
 func (b *Box) Logins() int {
 	return strings.Count(b.SSHDLog(), "Accepted publickey for ")
+}
+
+// Commands counts the remote commands (one SSH session each) sshd started,
+// across restarts of this box's sshd.
+func (b *Box) Commands() int {
+	return strings.Count(b.SSHDLog(), "Starting session: command ")
 }
 
 // SSHDLog is everything this box's sshd processes have logged.
