@@ -617,17 +617,20 @@ func machine() string {
 func render(o options, rows []result, orch, io result) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "# Benchmarks\n\nWritten by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
-	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; a fresh embedded Temporal for each run (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker.\n\n",
-		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards, godebug())
-	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; a fresh embedded Temporal for each run (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker. Server process CPU is this benchmark's own process: the embedded Temporal server, the fake AWS endpoint and the link latency proxies (for the orchestration floor, also its in-process worker). Machine CPU is all processors' busy time during the run (%d cores: at most %d s per second of wall time).\n\n",
+		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards, godebug(), runtime.NumCPU(), runtime.NumCPU())
+	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU | server process CPU | machine CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	w := float64(o.workspaces)
 	line := func(r result, pushes, hs, cmds, deliv, restarts, cpu, rss string) {
-		box := "-"
-		if r.boxCPU > 0 {
-			box = fmt.Sprintf("%.1f s", r.boxCPU.Seconds())
+		secs := func(d time.Duration) string {
+			if d <= 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.1f s", d.Seconds())
 		}
-		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %s | %.0f | %s | %s | %d | %s | %s | %s |\n",
-			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, cmds, r.events, deliv, restarts, r.failed, cpu, rss, box)
+		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %s | %.0f | %s | %s | %d | %s | %s | %s | %s | %s |\n",
+			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, cmds, r.events, deliv, restarts, r.failed, cpu, rss,
+			secs(r.boxCPU), secs(r.selfCPU), secs(r.allCPU))
 	}
 	for _, r := range rows {
 		line(r, fmt.Sprintf("%.2f", float64(r.pushes)/w), fmt.Sprintf("%.2f", float64(r.handshakes)/w), fmt.Sprintf("%.1f", float64(r.commands)/w),
