@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -47,6 +48,7 @@ type options struct {
 	out                         string
 	naive                       bool
 	only                        string
+	jsonOut                     string
 	cpuProfile                  string
 }
 
@@ -68,6 +70,89 @@ type result struct {
 	failed               int
 }
 
+// resultJSON is result with exported fields, to pass figures from the
+// process that made a run to the one that writes the report.
+type resultJSON struct {
+	Name                 string
+	Wall, P50, P95       time.Duration
+	Pushes, Handshakes   int
+	Commands             int
+	Events               float64
+	Deliveries, Restarts int
+	WantRestarts         int
+	CPU, BoxCPU          time.Duration
+	SelfCPU, AllCPU      time.Duration
+	RSSMB                float64
+	Failed               int
+}
+
+func toJSON(r result) resultJSON {
+	return resultJSON{r.name, r.wall, r.p50, r.p95, r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts,
+		r.wantRestarts, r.cpu, r.boxCPU, r.selfCPU, r.allCPU, r.rssMB, r.failed}
+}
+
+func fromJSON(j resultJSON) result {
+	return result{name: j.Name, wall: j.Wall, p50: j.P50, p95: j.P95, pushes: j.Pushes, handshakes: j.Handshakes,
+		commands: j.Commands, events: j.Events, deliveries: j.Deliveries, restarts: j.Restarts, wantRestarts: j.WantRestarts,
+		cpu: j.CPU, boxCPU: j.BoxCPU, selfCPU: j.SelfCPU, allCPU: j.AllCPU, rssMB: j.RSSMB, failed: j.Failed}
+}
+
+// runEach makes every run in a process of its own (this program with
+// -only), so that no run pays for what an earlier one left in memory (a
+// stopped embedded server's in-memory database stays allocated), then
+// writes the report.
+func runEach(o options) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "bench-runs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	var rows []result
+	var orch, io result
+	keys := []string{"boot:ours", "boot:naive", "fresh:ours", "fresh:naive", "mixed:ours", "mixed:naive", "floor", "io"}
+	if !o.naive {
+		keys = []string{"boot:ours", "fresh:ours", "mixed:ours", "floor", "io"}
+	}
+	for _, key := range keys {
+		file := filepath.Join(dir, strings.ReplaceAll(key, ":", "-")+".json")
+		cmd := exec.Command(exe, "-only", key, "-json", file,
+			"-workspaces", strconv.Itoa(o.workspaces), "-plugins", strconv.Itoa(o.plugins), "-shards", strconv.Itoa(o.shards),
+			"-aws-latency", o.awsLatency.String(), "-ssh-latency", o.sshLatency.String(), "-naive="+strconv.FormatBool(o.naive))
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("run %s: %w", key, err)
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		var got []resultJSON
+		if err := json.Unmarshal(data, &got); err != nil {
+			return fmt.Errorf("run %s: %w", key, err)
+		}
+		for _, r := range got {
+			switch key {
+			case "floor":
+				orch = fromJSON(r)
+			case "io":
+				io = fromJSON(r)
+			default:
+				rows = append(rows, fromJSON(r))
+			}
+		}
+	}
+	report := render(o, rows, orch, io)
+	fmt.Print(report)
+	if o.out != "" {
+		return os.WriteFile(o.out, []byte(report), 0o644)
+	}
+	return nil
+}
+
 func main() {
 	var o options
 	flag.IntVar(&o.workspaces, "workspaces", 200, "workspaces (one box each)")
@@ -77,14 +162,19 @@ func main() {
 	flag.DurationVar(&o.sshLatency, "ssh-latency", 20*time.Millisecond, "added each way on every box's SSH link")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: don't)")
 	flag.BoolVar(&o.naive, "naive", true, "also run the naive access path")
-	flag.StringVar(&o.only, "only", "", "comma-separated runs to make (boot, fresh, mixed, floor, io); prints their figures, writes no report")
+	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (boot, fresh, mixed, floor, io; boot:ours, boot:naive, ...); prints their figures, writes no report")
+	flag.StringVar(&o.jsonOut, "json", "", "with -only: also write the figures as JSON to this file")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server, and the floor's worker) to this file")
 	flag.Parse()
 	// This process runs the embedded server, which allocates heavily (the
 	// floor's profile: a tenth of the CPU in GC at the default 100). The
 	// worker processes keep the default.
 	debug.SetGCPercent(400)
-	if err := run(o); err != nil {
+	runner := run
+	if o.only == "" {
+		runner = runEach
+	}
+	if err := runner(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -187,21 +277,31 @@ func run(o options) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	want := func(key string) bool { return o.only == "" || slices.Contains(strings.Split(o.only, ","), key) }
+	// A run is named by its key (boot, fresh, mixed, floor, io); a
+	// scenario's variant by key:ours or key:naive.
+	want := func(keys ...string) bool {
+		if o.only == "" {
+			return true
+		}
+		for _, k := range keys {
+			if slices.Contains(strings.Split(o.only, ","), k) {
+				return true
+			}
+		}
+		return false
+	}
 	var rows []result
 	for _, sc := range scenarios {
-		if !want(sc.key) {
-			continue
-		}
 		variants := []bool{false}
 		if o.naive {
 			variants = append(variants, true)
 		}
 		for _, naive := range variants {
-			name := sc.name + ", ours"
-			if naive {
-				name = sc.name + ", naive"
+			variant := map[bool]string{false: "ours", true: "naive"}[naive]
+			if !want(sc.key, sc.key+":"+variant) {
+				continue
 			}
+			name := sc.name + ", " + variant
 			step("%s: %d workspaces × %d plugins", name, o.workspaces, o.plugins)
 			r, err := b.measure(ctx, sc.key+map[bool]string{false: "-ours", true: "-naive"}[naive], naive, sc.missing)
 			if err != nil {
@@ -235,6 +335,19 @@ func run(o options) error {
 				fmt.Printf("%s: wall %.1f s, p50 %.1f s, p95 %.1f s, pushes %d, handshakes %d, box commands %d, events/ws %.0f, deliveries %d, restarts %d (%d needed), failed %d, worker CPU %.1f s, box CPU %.1f s, server CPU %.1f s, machine CPU %.1f s\n",
 					r.name, r.wall.Seconds(), r.p50.Seconds(), r.p95.Seconds(), r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts, r.wantRestarts, r.failed, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds())
 			}
+		}
+		if o.jsonOut != "" {
+			var out []resultJSON
+			for _, r := range append(rows, orch, io) {
+				if r.name != "" {
+					out = append(out, toJSON(r))
+				}
+			}
+			data, err := json.Marshal(out)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(o.jsonOut, data, 0o644)
 		}
 		return nil
 	}
@@ -617,7 +730,7 @@ func machine() string {
 func render(o options, rows []result, orch, io result) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "# Benchmarks\n\nWritten by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
-	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; a fresh embedded Temporal for each run (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker. Server process CPU is this benchmark's own process: the embedded Temporal server, the fake AWS endpoint and the link latency proxies (for the orchestration floor, also its in-process worker). Machine CPU is all processors' busy time during the run (%d cores: at most %d s per second of wall time).\n\n",
+	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; each run in its own process with a fresh embedded Temporal (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker. Server process CPU is this benchmark's own process: the embedded Temporal server, the fake AWS endpoint and the link latency proxies (for the orchestration floor, also its in-process worker). Machine CPU is all processors' busy time during the run (%d cores: at most %d s per second of wall time).\n\n",
 		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards, godebug(), runtime.NumCPU(), runtime.NumCPU())
 	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU | server process CPU | machine CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	w := float64(o.workspaces)
