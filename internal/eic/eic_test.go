@@ -349,24 +349,9 @@ func TestTrustOnFirstUseRecordsThenPins(t *testing.T) {
 	})
 }
 
-// files lists the entries under dir, relative, sorted.
-func files(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	require.NoError(t, filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		out = append(out, rel)
-		return nil
-	}))
-	return out
-}
-
 func TestInstallRejectsUnsafeBundlesBeforeWriting(t *testing.T) {
 	e := newEnv(t, eic.Direct, nil)
-	before := files(t, e.box.PluginRoot)
+	before := fleettest.Listing(t, e.box.PluginRoot)
 	lying := bundletest.Raw(t, "evil", tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10})
 	lying = lying[:len(lying)-20] // cut: the archive claims more than it holds
 	cases := map[string][]byte{
@@ -387,7 +372,7 @@ func TestInstallRejectsUnsafeBundlesBeforeWriting(t *testing.T) {
 	_, err := e.access.Install(ctx(t), e.target, "github-tools", packPlugin(t, "other", "1", nil), nil)
 	require.ErrorContains(t, err, `names plugin "other"`)
 
-	require.Equal(t, before, files(t, e.box.PluginRoot), "nothing written on the box")
+	require.Equal(t, before, fleettest.Listing(t, e.box.PluginRoot), "nothing written on the box")
 	require.Equal(t, 0, e.aws.KeyPushes(e.box.InstanceID), "not even a connection")
 }
 

@@ -138,7 +138,9 @@ func (a *Access) runManifestBatch(key string, box *manifestBox, b *manifestBatch
 	a.mu.Unlock()
 }
 
-// readManifestFiles reads the named plugins' manifests in one command. Each
+// readManifestFiles reads the named plugins' manifests in one command (every
+// manifest read goes through it: batched, single with NoReuse, and
+// ReadManifests). Each
 // file is one output line: its status (the single read's exit codes), and
 // for a readable file its first plugin.MaxManifestBytes+1 bytes in base64,
 // so no content can forge another plugin's line.

@@ -96,19 +96,18 @@ func pluginDir(t Target, name string) (string, error) {
 // large). ErrNotFound when there is none. Concurrent reads on one box share
 // a command (see manifests.go); with NoReuse each read is its own command.
 func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byte, error) {
-	dir, err := pluginDir(t, name)
-	if err != nil {
+	if err := plugin.ValidateName(name); err != nil {
 		return nil, err
 	}
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
 	var r manifestRead
+	var err error
 	if a.cfg.NoReuse {
-		f := quote(dir + "/" + plugin.ManifestFile)
-		cmd := fmt.Sprintf(`f=%s; if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi; if [ -L "$f" ] || [ ! -f "$f" ]; then exit %d; fi; if [ ! -r "$f" ]; then exit %d; fi; head -c %d -- "$f"`,
-			f, exitNotFound, exitNotRegular, exitUnreadable, plugin.MaxManifestBytes+1)
-		r.data, r.status, err = a.run(ctx, t, cmd, nil, plugin.MaxManifestBytes+1)
+		var reads map[string]manifestRead
+		reads, err = a.readManifestFiles(ctx, t, []string{name})
+		r = reads[name]
 	} else {
 		r, err = a.readManifestBatched(ctx, t, name)
 	}
@@ -207,34 +206,17 @@ func (a *Access) Install(ctx context.Context, t Target, name string, data []byte
 	return true, nil
 }
 
-// manifestSeparator ends each manifest in ReadManifests' output.
-const manifestSeparator = "\n@@end-of-manifest@@\n"
-
 // ReadManifests reads several plugins' manifests in one remote command (a
-// missing one reads as empty). The reconcile probes plugin by plugin; this
-// is the floor it is measured against.
+// missing or unreadable one reads as empty). The reconcile probes plugin by
+// plugin; this is the floor it is measured against.
 func (a *Access) ReadManifests(ctx context.Context, t Target, names []string) ([][]byte, error) {
-	var b strings.Builder
-	b.WriteString("for f in")
-	for _, n := range names {
-		dir, err := pluginDir(t, n)
-		if err != nil {
-			return nil, err
-		}
-		b.WriteString(" " + quote(dir+"/"+plugin.ManifestFile))
-	}
-	fmt.Fprintf(&b, `; do head -c %d -- "$f" 2>/dev/null; printf '\n@@end-of-manifest@@\n'; done`, plugin.MaxManifestBytes)
-	out, _, err := a.run(ctx, t, b.String(), nil, int64(len(names))*(plugin.MaxManifestBytes+32))
+	reads, err := a.readManifestFiles(ctx, t, names)
 	if err != nil {
 		return nil, err
 	}
-	parts := strings.Split(string(out), manifestSeparator)
-	if len(parts) != len(names)+1 {
-		return nil, fmt.Errorf("read manifests on %s: %d parts for %d plugins", t.InstanceID, len(parts)-1, len(names))
-	}
 	res := make([][]byte, len(names))
-	for i := range names {
-		res[i] = []byte(parts[i])
+	for i, n := range names {
+		res[i] = reads[n].data
 	}
 	return res, nil
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -101,11 +102,7 @@ func TestPostgresOutage(t *testing.T) {
 	var err error
 	h.pg, err = pgcluster.Start(ctx(t), dir, port)
 	require.NoError(t, err)
-	for _, c := range cases {
-		_, err := h.wait(c.ws, 5*time.Minute)
-		require.NoError(t, err, c.ws)
-		h.checkBox(c.ws, c.box, declared, 1)
-	}
+	h.completeAll(cases, 5*time.Minute)
 	record("Postgres stopped for 20 s during 4 reconciles", "store calls failed and were retried; all 4 completed after Postgres came back",
 		"rows exact for every plugin; each box restarted exactly once; nothing left pending")
 }
@@ -119,11 +116,7 @@ func TestBoxOutage(t *testing.T) {
 	for _, c := range cases {
 		h.start(c.ws, declared)
 	}
-	for _, c := range cases[1:] {
-		_, err := h.wait(c.ws, 2*time.Minute)
-		require.NoError(t, err, c.ws)
-		h.checkBox(c.ws, c.box, declared, 1)
-	}
+	h.completeAll(cases[1:], 2*time.Minute)
 	othersDone := time.Since(stopped)
 	require.Less(t, othersDone, 30*time.Second, "the other boxes were not held up")
 	time.Sleep(30*time.Second - othersDone)
@@ -144,11 +137,7 @@ func TestTemporalRestart(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	h.restartTemporal(2 * time.Second)
-	for _, c := range cases {
-		_, err := h.wait(c.ws, 5*time.Minute)
-		require.NoError(t, err, c.ws)
-		h.checkBox(c.ws, c.box, declared, 1)
-	}
+	h.completeAll(cases, 5*time.Minute)
 	record("Temporal server restarted mid-run (2 s down, same SQLite file)", "the worker reconnected; all 4 runs continued and completed",
 		"rows exact; each box restarted exactly once")
 }
@@ -164,11 +153,7 @@ func TestAWSFaults(t *testing.T) {
 	for _, c := range cases {
 		h.start(c.ws, declared)
 	}
-	for _, c := range cases {
-		_, err := h.wait(c.ws, 3*time.Minute)
-		require.NoError(t, err)
-		h.checkBox(c.ws, c.box, declared, 1)
-	}
+	h.completeAll(cases, 3*time.Minute)
 	h.aws.SetFaults(fakeaws.Faults{})
 	record("half of SendSSHPublicKey calls throttled", fmt.Sprintf("%d calls, throttled ones retried by the SDK; 3 reconciles completed", h.aws.Calls("SendSSHPublicKey")),
 		"rows exact; each box restarted exactly once")
@@ -197,7 +182,7 @@ func TestAWSFaults(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	h := newHarness(t)
 	b := h.box("bad-input", all())
-	before := listing(t, b.PluginRoot)
+	before := fleettest.Listing(t, b.PluginRoot)
 
 	for _, tc := range []struct {
 		desc    string
@@ -235,7 +220,7 @@ func TestBadInput(t *testing.T) {
 	rows, err := h.store.TrackingRows(ctx(t), "bad-input")
 	require.NoError(t, err)
 	require.Empty(t, rows)
-	require.Equal(t, before, listing(t, b.PluginRoot))
+	require.Equal(t, before, fleettest.Listing(t, b.PluginRoot))
 	require.Equal(t, 0, b.Logins(), "no connection to the box for bad input")
 }
 
@@ -304,7 +289,7 @@ func TestMaliciousBundlesAreRefusedBeforeWriting(t *testing.T) {
 		plugins = append(plugins, workflows.Plugin{Name: name, Version: "1.0.0"})
 	}
 	b := h.box("evil", nil)
-	before := listing(t, b.PluginRoot)
+	before := fleettest.Listing(t, b.PluginRoot)
 	h.start("evil", plugins)
 	res, err := h.wait("evil", 3*time.Minute)
 	require.ErrorContains(t, err, "type: PluginsFailed")
@@ -314,7 +299,7 @@ func TestMaliciousBundlesAreRefusedBeforeWriting(t *testing.T) {
 		require.Contains(t, p.Error, "bundle for "+p.Name+" rejected")
 		record("catalog bundle: "+strings.TrimPrefix(p.Name, "evil-"), "delivery refused, not retried: "+p.Error, "nothing written in the plugin root; no restart")
 	}
-	require.Equal(t, before, listing(t, b.PluginRoot))
+	require.Equal(t, before, fleettest.Listing(t, b.PluginRoot))
 	require.Equal(t, 0, b.Restarts())
 	_, err = os.Stat("/tmp/pwned")
 	require.True(t, os.IsNotExist(err))
@@ -340,16 +325,3 @@ func TestHostKeyMismatch(t *testing.T) {
 }
 
 func firstLine(s string) string { return strings.SplitN(s, "\n", 2)[0] }
-
-func listing(t *testing.T, dir string) []string {
-	var out []string
-	require.NoError(t, filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		out = append(out, rel)
-		return nil
-	}))
-	return out
-}

@@ -268,6 +268,17 @@ func (h *harness) start(ws string, plugins []workflows.Plugin) client.WorkflowRu
 
 // wait waits for a workspace's latest reconcile run to end (following it
 // across a Temporal restart).
+// completeAll waits for each case's reconcile and checks its box: rows
+// exact for the declared plugins, restarted exactly as often as expected.
+func (h *harness) completeAll(cases []expect, timeout time.Duration) {
+	h.t.Helper()
+	for _, c := range cases {
+		_, err := h.wait(c.ws, timeout)
+		require.NoError(h.t, err, c.ws)
+		h.checkBox(c.ws, c.box, declared, c.restarts)
+	}
+}
+
 func (h *harness) wait(ws string, timeout time.Duration) (workflows.ReconcileResult, error) {
 	c, cancel := context.WithTimeout(ctx(h.t), timeout)
 	defer cancel()

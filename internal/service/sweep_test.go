@@ -80,15 +80,7 @@ func TestSweepFleetWindowRestartPacingAndContinueAsNew(t *testing.T) {
 		}
 		return int(resp.GetCount())
 	})
-	maxRestarting, stopRestarting := sample(20*time.Millisecond, func() int {
-		c := 0
-		for _, b := range boxes {
-			if b.Restarting() {
-				c++
-			}
-		}
-		return c
-	})
+	maxRestarting, stopRestarting := sample(20*time.Millisecond, restarting(boxes))
 
 	run, err := workflows.StartSweep(ctx(t), s.Client, workflows.SweepInput{MaxConcurrency: 20, MaxRestartsInFlight: 3, PageSize: 50, MaxPerRun: 100})
 	require.NoError(t, err)
@@ -131,15 +123,7 @@ func TestSweepPacesRestarts(t *testing.T) {
 	for _, b := range boxes {
 		require.NoError(t, b.SetRestartDelay(time.Second))
 	}
-	maxRestarting, stop := sample(20*time.Millisecond, func() int {
-		c := 0
-		for _, b := range boxes {
-			if b.Restarting() {
-				c++
-			}
-		}
-		return c
-	})
+	maxRestarting, stop := sample(20*time.Millisecond, restarting(boxes))
 	run, err := workflows.StartSweep(ctx(t), s.Client, workflows.SweepInput{MaxConcurrency: 12, MaxRestartsInFlight: 3})
 	require.NoError(t, err)
 	var rep workflows.SweepReport
@@ -203,4 +187,17 @@ func TestSweepScheduleIsCreatedOnce(t *testing.T) {
 	d, err := s.Client.ScheduleClient().GetHandle(ctx(t), workflows.SweepScheduleID).Describe(ctx(t))
 	require.NoError(t, err)
 	require.Equal(t, 2*time.Hour, d.Schedule.Spec.Intervals[0].Every)
+}
+
+// restarting counts the boxes restarting right now, for sample.
+func restarting(boxes []*fleet.Box) func() int {
+	return func() int {
+		c := 0
+		for _, b := range boxes {
+			if b.Restarting() {
+				c++
+			}
+		}
+		return c
+	}
 }
