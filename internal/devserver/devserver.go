@@ -96,7 +96,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 				return nil, fmt.Errorf("temporal schema: %w", err)
 			}
 		}
-		if err := trimVisibilityIndexes(ctx, "file:"+sqlCfg.DatabaseName+"?mode=rw"); err != nil {
+		if err := trimVisibilityIndexes(ctx, fileDSN(sqlCfg.DatabaseName)); err != nil {
 			return nil, err
 		}
 	}
@@ -144,7 +144,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("start temporal server: %w", err)
 	}
-	s := &Server{server: srv, frontend: fmt.Sprintf("127.0.0.1:%d", frontendPort), dbDSN: "file:" + sqlCfg.DatabaseName + "?mode=rw"}
+	s := &Server{server: srv, frontend: fmt.Sprintf("127.0.0.1:%d", frontendPort), dbDSN: fileDSN(sqlCfg.DatabaseName)}
 	if err := s.waitReady(ctx); err != nil {
 		_ = srv.Stop()
 		return nil, err
@@ -271,6 +271,10 @@ var unusedVisibilityIndexes = strings.Fields(`
 	by_temporal_double_01 by_temporal_double_02 by_temporal_int_01 by_temporal_int_02
 	by_temporal_keyword_01 by_temporal_keyword_02 by_temporal_keyword_03 by_temporal_keyword_04
 	by_temporal_low_cardinality_keyword_01`)
+
+// fileDSN opens the SQLite file read-write; a second connection to a file
+// the running server writes waits for its locks instead of failing busy.
+func fileDSN(path string) string { return "file:" + path + "?mode=rw&_pragma=busy_timeout(10000)" }
 
 // trimVisibilityIndexes drops unusedVisibilityIndexes from the database at
 // dsn (SQLite, the driver the server's plugin registers). Idempotent: a
