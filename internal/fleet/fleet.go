@@ -8,7 +8,6 @@ package fleet
 
 import (
 	"bytes"
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -64,9 +63,10 @@ type Fleet struct {
 	root     bool
 	subnet   [2]byte
 
-	mu    sync.Mutex
-	boxes map[string]*Box
-	next  int
+	mu      sync.Mutex
+	boxes   map[string]*Box
+	next    int
+	watcher *watcher
 }
 
 // New prepares a fleet. It checks that sshd and, when running as root, the
@@ -109,6 +109,9 @@ func New(aws *fakeaws.Server) (*Fleet, error) {
 	}
 	f.Port = freeport.MustGetFreePort()
 	f.innerPort = freeport.MustGetFreePort()
+	if f.watcher, err = newWatcher(); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -143,6 +146,7 @@ func (f *Fleet) Close() error {
 		b.StopSSHD()
 		b.link.close()
 	}
+	f.watcher.close()
 	return os.RemoveAll(f.dir)
 }
 
@@ -160,6 +164,9 @@ type BoxSpec struct {
 	// BootInstalled are plugin bundles (tar.gz, as the catalog packs them)
 	// that the box's boot install has unpacked under the plugin root.
 	BootInstalled map[string][]byte
+	// RefuseSessions makes sshd accept logins but refuse every session
+	// (MaxSessions 0), as a box whose sshd is at its session limit does.
+	RefuseSessions bool
 }
 
 // Box is one simulated EC2 instance.
@@ -173,12 +180,19 @@ type Box struct {
 	// HostKey is the box's public host key in authorized_keys format.
 	HostKey string
 
-	fleet *Fleet
-	dir   string
-	link  *linkProxy
-	mu    sync.Mutex
-	cmd   *exec.Cmd
-	done  chan struct{}
+	fleet          *Fleet
+	dir            string
+	link           *linkProxy
+	refuseSessions bool
+	mu             sync.Mutex
+	cmd            *exec.Cmd
+	done           chan struct{}
+	rebootDelay    time.Duration
+
+	evMu    sync.Mutex
+	events  []Event
+	flushes int
+	flushed int
 }
 
 // SetLatency delays everything between the box and its clients by d each
@@ -209,10 +223,15 @@ func (f *Fleet) AddBox(spec BoxSpec) (*Box, error) {
 		Port:             f.Port,
 		fleet:            f,
 		dir:              filepath.Join(f.dir, spec.InstanceID),
+		refuseSessions:   spec.RefuseSessions,
 	}
 	b.PluginRoot = filepath.Join(b.dir, "plugins")
 	b.RuntimeDir = filepath.Join(b.dir, "runtime")
 	if err := b.writeFiles(spec); err != nil {
+		return nil, fmt.Errorf("box %s: %w", b.InstanceID, err)
+	}
+	// Watched from after the boot install: what booted is not a swap.
+	if err := f.watcher.add(b); err != nil {
 		return nil, fmt.Errorf("box %s: %w", b.InstanceID, err)
 	}
 	f.AWS.AddInstance(fakeaws.Instance{
@@ -243,6 +262,13 @@ set -eu
 d=$(dirname "$0")
 exec 9>"$d/lock"
 flock 9
+# A failing restart (fail-next > 0) exits with fail-code before touching
+# anything; a reboot always restarts.
+if [ -z "${REBOOT:-}" ] && [ -s "$d/fail-next" ] && [ "$(cat "$d/fail-next")" -gt 0 ]; then
+  echo $(($(cat "$d/fail-next") - 1)) >"$d/fail-next"
+  echo "simulated restart failure" >&2
+  exit "$(cat "$d/fail-code" 2>/dev/null || echo 1)"
+fi
 : >"$d/restarting"
 if [ -s "$d/restart-delay" ]; then sleep "$(cat "$d/restart-delay")"; fi
 n=$(cat "$d/restarts")
@@ -343,10 +369,18 @@ func (b *Box) writeConfig() error {
 		"AllowTcpForwarding no",
 		"SetEnv RUNTIME_DIR=" + b.RuntimeDir,
 		"MaxStartups 200:30:400",
+		maxSessions(b.refuseSessions),
 		"LogLevel VERBOSE", // VERBOSE logs each session's start
 		"",
 	}, "\n")
 	return os.WriteFile(filepath.Join(b.dir, "sshd_config"), []byte(cfg), 0o644)
+}
+
+func maxSessions(refuse bool) string {
+	if refuse {
+		return "MaxSessions 0"
+	}
+	return "MaxSessions 10"
 }
 
 func newIdentity() string {
@@ -429,9 +463,16 @@ func (b *Box) SSHDPid() int {
 // Reboot simulates an instance reboot: sshd goes away, the runtime restarts
 // (counted, new identity), sshd comes back.
 func (b *Box) Reboot() error {
+	b.mu.Lock()
+	delay := b.rebootDelay
+	b.mu.Unlock()
+	// The OS takes a while to go down: until then the box answers with its
+	// old identity.
+	time.Sleep(delay)
 	b.StopSSHD()
 	time.Sleep(200 * time.Millisecond)
 	cmd := exec.Command(filepath.Join(b.RuntimeDir, "restart"))
+	cmd.Env = append(os.Environ(), "REBOOT=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("reboot %s: %v: %s", b.InstanceID, err, out)
 	}
@@ -443,21 +484,36 @@ func (b *Box) SetRestartDelay(d time.Duration) error {
 	return os.WriteFile(filepath.Join(b.RuntimeDir, "restart-delay"), []byte(fmt.Sprintf("%.3f\n", d.Seconds())), 0o644)
 }
 
+// SetRebootDelay makes a reboot start d after it was asked for: the box
+// keeps running, and answering, with its old identity until then.
+func (b *Box) SetRebootDelay(d time.Duration) {
+	b.mu.Lock()
+	b.rebootDelay = d
+	b.mu.Unlock()
+}
+
+// FailRestarts makes the next n runtime restarts fail with exit code code
+// before they touch anything (a refused sudo, a missing unit, ...).
+func (b *Box) FailRestarts(n, code int) error {
+	if err := os.WriteFile(filepath.Join(b.RuntimeDir, "fail-code"), []byte(strconv.Itoa(code)+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(b.RuntimeDir, "fail-next"), []byte(strconv.Itoa(n)+"\n"), 0o644)
+}
+
+// Freeze makes the box's network path hold every byte, in both directions,
+// while keeping its TCP connections up (a box that stops answering without
+// closing anything); Freeze(false) lets the held bytes through.
+func (b *Box) Freeze(on bool) { b.link.frozen.Store(on) }
+
+// OpenConnections is how many client connections the box's network path
+// holds open right now.
+func (b *Box) OpenConnections() int { return int(b.link.open.Load()) }
+
 // Restarting reports whether the runtime is restarting right now.
 func (b *Box) Restarting() bool {
 	_, err := os.Stat(filepath.Join(b.RuntimeDir, "restarting"))
 	return err == nil
-}
-
-// Boxes lists the fleet's boxes.
-func (f *Fleet) Boxes() []*Box {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make([]*Box, 0, len(f.boxes))
-	for _, b := range f.boxes {
-		out = append(out, b)
-	}
-	return out
 }
 
 // Restarts is how many times the box's runtime has restarted.
@@ -545,17 +601,4 @@ func (b *Box) sshdAddr() string {
 // ManifestPath is where a plugin's manifest lives on the box.
 func (b *Box) ManifestPath(name string) string {
 	return filepath.Join(b.PluginRoot, name, "plugin.yaml")
-}
-
-// WaitForIdentityChange is a test aid: it waits until the runtime identity
-// differs from old.
-func (b *Box) WaitForIdentityChange(ctx context.Context, old string) error {
-	for b.Identity() == old {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
 }

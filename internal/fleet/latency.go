@@ -15,6 +15,8 @@ type linkProxy struct {
 	ln      net.Listener
 	backend string
 	delay   atomic.Int64 // nanoseconds, each way
+	frozen  atomic.Bool  // hold every byte (see Box.Freeze)
+	open    atomic.Int64 // client connections being served
 	wg      sync.WaitGroup
 }
 
@@ -46,6 +48,12 @@ func (p *linkProxy) serve() {
 }
 
 func (p *linkProxy) handle(front net.Conn) {
+	// A connection counts as open until the client side ends it (or the
+	// proxy does), even while frozen bytes are held.
+	p.open.Add(1)
+	var closed sync.Once
+	ended := func() { closed.Do(func() { p.open.Add(-1) }) }
+	defer ended()
 	defer front.Close()
 	back, err := net.DialTimeout("tcp", p.backend, 5*time.Second)
 	if err != nil {
@@ -53,8 +61,8 @@ func (p *linkProxy) handle(front net.Conn) {
 	}
 	defer back.Close()
 	done := make(chan struct{}, 2)
-	go func() { p.pipe(back, front); done <- struct{}{} }()
-	go func() { p.pipe(front, back); done <- struct{}{} }()
+	go func() { p.pipe(back, front, ended); done <- struct{}{} }()
+	go func() { p.pipe(front, back, nil); done <- struct{}{} }()
 	<-done
 	// Let the other direction deliver what is still in flight, then end.
 	grace := time.Now().Add(2*time.Duration(p.delay.Load()) + 5*time.Second)
@@ -63,8 +71,9 @@ func (p *linkProxy) handle(front net.Conn) {
 	<-done
 }
 
-// pipe copies src to dst, releasing each chunk only when its delay is up.
-func (p *linkProxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, releasing each chunk only when its delay is up;
+// srcEnded, if set, is called as soon as reading src fails.
+func (p *linkProxy) pipe(dst, src net.Conn, srcEnded func()) {
 	type chunk struct {
 		b  []byte
 		at time.Time
@@ -79,6 +88,9 @@ func (p *linkProxy) pipe(dst, src net.Conn) {
 				chunks <- chunk{buf[:n], time.Now().Add(time.Duration(p.delay.Load()))}
 			}
 			if err != nil {
+				if srcEnded != nil {
+					srcEnded()
+				}
 				return
 			}
 		}
@@ -86,6 +98,9 @@ func (p *linkProxy) pipe(dst, src net.Conn) {
 	for c := range chunks {
 		if d := time.Until(c.at); d > 0 {
 			time.Sleep(d)
+		}
+		for p.frozen.Load() {
+			time.Sleep(10 * time.Millisecond)
 		}
 		if _, err := dst.Write(c.b); err != nil {
 			break

@@ -3,6 +3,7 @@
 package fleettest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -45,4 +46,25 @@ func Listing(t testing.TB, dir string) []string {
 		return nil
 	}))
 	return out
+}
+
+// CheckRestarts judges a box's own record against the restart promise:
+// every change (a swap or a removal) is followed by exactly one restart,
+// and every restart follows at least one change made since the one before.
+func CheckRestarts(events []fleet.Event) error {
+	var pending []fleet.Event
+	for _, e := range events {
+		if e.Kind != fleet.Restart {
+			pending = append(pending, e)
+			continue
+		}
+		if len(pending) == 0 {
+			return fmt.Errorf("restart at %s follows no change since the previous restart", e.At.Format("15:04:05.000"))
+		}
+		pending = nil
+	}
+	if len(pending) > 0 {
+		return fmt.Errorf("no restart after %v", pending)
+	}
+	return nil
 }
