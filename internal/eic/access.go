@@ -102,19 +102,41 @@ type conn struct {
 	users    int
 	lastUsed time.Time
 	broken   bool
+	closed   sync.Once
 }
 
 func (c *conn) close() {
 	<-c.ready
-	if c.client != nil {
-		_ = c.client.Close()
+	c.closed.Do(func() {
+		if c.client != nil {
+			_ = c.client.Close()
+		}
+	})
+}
+
+// release ends one user's use of c; the last user of a broken connection
+// closes it (a connection is never left open once out of the pool).
+func (c *conn) release() {
+	c.mu.Lock()
+	c.users--
+	c.lastUsed = time.Now()
+	last := c.broken && c.users == 0
+	c.mu.Unlock()
+	if last {
+		c.close()
 	}
 }
 
+// markBroken takes c out of use and closes it if nobody uses it now;
+// otherwise its last user closes it.
 func (c *conn) markBroken() {
 	c.mu.Lock()
 	c.broken = true
+	idle := c.users == 0
 	c.mu.Unlock()
+	if idle {
+		go c.close() // close waits for a dial in progress
+	}
 }
 
 func connKey(t Target) string { return t.Region + "/" + t.InstanceID + "/" + t.OSUser }
@@ -156,12 +178,7 @@ func (a *Access) acquire(ctx context.Context, t Target) (*conn, func(), error) {
 	c.mu.Unlock()
 	a.mu.Unlock()
 
-	release := func() {
-		c.mu.Lock()
-		c.users--
-		c.lastUsed = time.Now()
-		c.mu.Unlock()
-	}
+	release := c.release
 	select {
 	case <-c.ready:
 	case <-ctx.Done():
@@ -205,9 +222,26 @@ func (a *Access) watch(c *conn) {
 			a.evict(c)
 			return
 		case <-tick.C:
-			if _, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+			// A box that keeps TCP up but stops answering would block the
+			// request for ever: past its timeout the connection is dead,
+			// and closing it fails (and so frees) whoever still waits on it.
+			answered := make(chan error, 1)
+			go func() {
+				_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
+				answered <- err
+			}()
+			var err error
+			select {
+			case err = <-answered:
+			case <-time.After(a.cfg.KeepAliveTimeout):
+				err = fmt.Errorf("no keepalive answer in %s", a.cfg.KeepAliveTimeout)
+			case <-a.stop:
+				return
+			}
+			if err != nil {
+				a.cfg.Logger.Info("ssh connection dropped", "instance", c.key, "reason", err.Error())
 				a.evict(c)
-				_ = c.client.Close()
+				c.close()
 				return
 			}
 		}
@@ -467,11 +501,37 @@ func (a *Access) transport(ctx context.Context, t Target, ip string) (net.Conn, 
 		if resp != nil {
 			status = " (" + resp.Status + ")"
 		}
-		return nil, fmt.Errorf("open tunnel to %s%s: %w", t.InstanceID, status, err)
+		return nil, fmt.Errorf("open tunnel to %s through %s%s: %w", t.InstanceID, a.endpointHost(), status, withoutURL(err, u))
 	}
 	// The tunnel outlives this dial's context; it ends when the SSH
 	// connection closes it.
 	return websocket.NetConn(context.Background(), ws, websocket.MessageBinary), nil
+}
+
+// withoutURL keeps a tunnel dial error's cause but not the presigned URL
+// that net/http puts in its *url.Error: the URL's query is a credential,
+// a session token and a signature, good for 60 s, and errors end up in
+// activity failures, workflow history and logs.
+func withoutURL(err error, presigned string) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	msg := err.Error()
+	if _, query, ok := strings.Cut(presigned, "?"); ok {
+		msg = strings.ReplaceAll(msg, query, "[presigned query removed]")
+	}
+	return errors.New(msg)
+}
+
+// endpointHost names the endpoint in errors, without the query.
+func (a *Access) endpointHost() string {
+	if a.cfg.EndpointURL != "" {
+		if u, err := url.Parse(a.cfg.EndpointURL); err == nil {
+			return u.Host
+		}
+	}
+	return a.cfg.EndpointID
 }
 
 const emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -114,6 +114,9 @@ type Config struct {
 	// of 200 boxes cost 2 key pushes per box).
 	IdleTimeout time.Duration
 	KeepAlive   time.Duration // default 10 s
+	// KeepAliveTimeout is how long a keepalive may go unanswered before
+	// the connection counts as dead; default 15 s.
+	KeepAliveTimeout time.Duration
 	// MaxSessions bounds concurrent sessions on one connection; sshd's
 	// default MaxSessions is 10. Default 8.
 	MaxSessions int
@@ -164,6 +167,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 10 * time.Second
+	}
+	if c.KeepAliveTimeout == 0 {
+		c.KeepAliveTimeout = 15 * time.Second
 	}
 	if c.MaxSessions == 0 {
 		c.MaxSessions = 8
