@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -58,4 +59,62 @@ func TestManifestMustMatchItsPlace(t *testing.T) {
 
 func TestPublishRefusesEscapes(t *testing.T) {
 	require.Error(t, Publish(t.TempDir(), "a", "1", map[string]string{"../../x": "x"}))
+}
+
+// Callers asking for one bundle at once share one pack (a delivery per
+// plugin child arrives together on a fresh fleet).
+func TestConcurrentCallersShareOnePack(t *testing.T) {
+	dir := t.TempDir()
+	noise := make([]byte, 4<<20)
+	for i := range noise {
+		noise[i] = byte(i * 7919 % 251)
+	}
+	require.NoError(t, Publish(dir, "big", "1.0.0", map[string]string{"blob": string(noise)}))
+	c, err := New(dir)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	digests := make([]string, 16)
+	for i := range digests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := c.Bundle(context.Background(), "big", "1.0.0")
+			require.NoError(t, err)
+			digests[i] = b.Digest
+		}()
+	}
+	wg.Wait()
+	for _, d := range digests {
+		require.Equal(t, digests[0], d)
+	}
+	require.Equal(t, int64(1), c.Loads(), "16 callers at once, one pack")
+}
+
+// The cache keeps at most its byte budget, least recently used out first.
+func TestCacheIsBoundedByBytes(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a", "b", "c", "d"} {
+		require.NoError(t, Publish(dir, name, "1", map[string]string{"x": name}))
+	}
+	probe, err := New(dir)
+	require.NoError(t, err)
+	one, err := probe.Bundle(context.Background(), "a", "1")
+	require.NoError(t, err)
+	size := int64(len(one.Data))
+	c, err := NewWithCache(dir, 2*size+size/2) // room for two
+	require.NoError(t, err)
+	get := func(name string) {
+		_, err := c.Bundle(context.Background(), name, "1")
+		require.NoError(t, err)
+	}
+	get("a")
+	get("b")
+	get("a") // a is now the most recent
+	get("c") // evicts b
+	require.LessOrEqual(t, c.CachedBytes(), 2*size+size/2)
+	require.Equal(t, int64(3), c.Loads())
+	get("a")
+	require.Equal(t, int64(3), c.Loads(), "a stayed")
+	get("b")
+	require.Equal(t, int64(4), c.Loads(), "b was evicted and packed again")
 }
