@@ -17,17 +17,19 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 )
 
 // BoxAccess is what the activities need from a box.
 type BoxAccess interface {
 	ReadManifest(ctx context.Context, t eic.Target, name string) ([]byte, error)
-	Install(ctx context.Context, t eic.Target, name string, data []byte, progress func(int64)) (bool, error)
-	RuntimeIdentity(ctx context.Context, t eic.Target) (string, error)
-	RestartRuntime(ctx context.Context, t eic.Target) error
+	Install(ctx context.Context, t eic.Target, name, version string, data []byte, progress func(int64)) (eic.Installed, error)
+	ReadRestartState(ctx context.Context, t eic.Target) (identity, journal string, err error)
+	RestartRuntime(ctx context.Context, t eic.Target, token string, force bool) (eic.RestartReply, error)
 	RebootInstance(ctx context.Context, t eic.Target) error
-	WaitForNewIdentity(ctx context.Context, t eic.Target, old string, tick func()) (string, error)
+	InstanceRunning(ctx context.Context, t eic.Target) error
+	PruneJournal(ctx context.Context, t eic.Target) error
 }
 
 // Store is what the activities need from Postgres.
@@ -37,8 +39,9 @@ type Store interface {
 	MarkRestartPending(ctx context.Context, workspaceID, pluginName string) error
 	SealRestartMark(ctx context.Context, workspaceID, pluginName, identity string) error
 	RestartState(ctx context.Context, workspaceID string) (store.RestartState, error)
-	BeginRestart(ctx context.Context, r store.Restart) (store.Restart, error)
-	CompleteRestart(ctx context.Context, r store.Restart, identityAfter string) error
+	IssueRestart(ctx context.Context, r store.Restart) (store.Restart, bool, error)
+	CompleteRestart(ctx context.Context, workspaceID, restartID, identityAfter, outcome string) error
+	FailRestart(ctx context.Context, workspaceID, restartID, reason string) error
 	ClearRestartPending(ctx context.Context, workspaceID string, upTo time.Time) error
 	ActiveWorkspaces(ctx context.Context, after string, limit int) ([]store.Declared, error)
 }
@@ -50,8 +53,8 @@ type Catalog interface {
 
 // Restart modes.
 const (
-	RestartRuntime = "runtime" // the configured restart command over SSH
-	RestartReboot  = "reboot"  // EC2 RebootInstances
+	RestartRuntime = restart.ModeRuntime // the configured restart command over SSH
+	RestartReboot  = restart.ModeReboot  // EC2 RebootInstances
 )
 
 // Activities is the set of activities with their dependencies.
@@ -60,6 +63,8 @@ type Activities struct {
 	Store       Store
 	Catalog     Catalog
 	RestartMode string // RestartRuntime (default) or RestartReboot
+	// RebootGrace: see RestartDefaultRebootGrace (the default).
+	RebootGrace time.Duration
 }
 
 // Error types of permanent failures. Workflows list them as non-retryable;
@@ -72,6 +77,12 @@ const (
 	ErrInstanceNotRunning = "InstanceNotRunning"
 	ErrUnknownInstance    = "UnknownInstance"
 	ErrBundleRejected     = "BundleRejected"
+	// ErrDigestMismatch: the catalog's bundle is not the one declared.
+	ErrDigestMismatch = "DigestMismatch"
+	// ErrRestartFailed: the restart command ran and failed in a way
+	// retrying cannot mend (missing, not executable, or failing on every
+	// attempt: a refused sudo, a broken unit).
+	ErrRestartFailed = "RestartFailed"
 )
 
 // Workspace is a workspace's box coordinates as the workflows carry them.
@@ -255,6 +266,8 @@ type DeliverInput struct {
 	Workspace Workspace
 	Plugin    string
 	Version   string
+	// Digest, when declared, is the bundle the catalog must serve.
+	Digest string `json:",omitempty"`
 }
 
 // Delivery is what DeliverViaEIC did.
@@ -263,27 +276,35 @@ type Delivery struct {
 	Changed bool // false: the box already held exactly this bundle
 }
 
-// DeliverViaEIC installs the plugin's bundle on the box. Order matters for
-// crash safety: the restart mark is written before the box changes, so a
-// crash after the swap can never lose the restart; the mark is sealed with
-// the runtime identity read after the swap. Idempotent: the install is a
-// no-op when the box holds the same bundle digest, and marking and sealing
-// again are upserts.
+// DeliverViaEIC installs the plugin's bundle on the box: the restart
+// protocol's steps (1) and (2) (see internal/restart). The mark is written
+// before the box changes; the swap journals itself on the box under the box
+// lock, with the runtime identity it happened under, and the mark is sealed
+// with it. Idempotent, also when a timed-out attempt still runs: the
+// install is a no-op when the box holds the same bundle and manifest, a
+// per-plugin lock on the box serialises two installs of one plugin, each
+// swap writes its own journal lines, and marking and sealing are upserts.
 func (a *Activities) DeliverViaEIC(ctx context.Context, in DeliverInput) (Delivery, error) {
+	// Heartbeat from the start: packing a large bundle takes a while.
+	defer keepAlive(ctx)()
 	b, err := a.Catalog.Bundle(ctx, in.Plugin, in.Version)
 	if err != nil {
 		return Delivery{}, classify(err, "deliver %s@%s", in.Plugin, in.Version)
 	}
+	if in.Digest != "" && in.Digest != b.Digest {
+		return Delivery{}, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("deliver %s@%s: declared digest %s, the catalog's bundle is %s", in.Plugin, in.Version, in.Digest, b.Digest),
+			ErrDigestMismatch, nil)
+	}
 	// A bundle that would be refused must not leave a restart owed.
-	if err := eic.CheckBundle(in.Plugin, b.Data); err != nil {
+	if _, err := eic.CheckBundle(in.Plugin, in.Version, b.Data); err != nil {
 		return Delivery{}, classify(err, "deliver %s@%s", in.Plugin, in.Version)
 	}
 	t := in.Workspace.target()
-	defer keepAlive(ctx)()
 	if err := a.Store.MarkRestartPending(ctx, in.Workspace.ID, in.Plugin); err != nil {
 		return Delivery{}, err
 	}
-	changed, err := a.Box.Install(ctx, t, in.Plugin, b.Data, func(sent int64) {
+	inst, err := a.Box.Install(ctx, t, in.Plugin, in.Version, b.Data, func(sent int64) {
 		activity.RecordHeartbeat(ctx, sent)
 	})
 	if err != nil {
@@ -297,50 +318,25 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in DeliverInput) (Delive
 	if m, err := plugin.ParseManifest(data); err != nil || m.Name != in.Plugin || m.Version != in.Version {
 		return Delivery{}, fmt.Errorf("verify %s@%s on %s: manifest read back is %q (%v)", in.Plugin, in.Version, in.Workspace.InstanceID, data, err)
 	}
-	id, err := a.Box.RuntimeIdentity(ctx, t)
-	if err != nil {
-		return Delivery{}, classify(err, "deliver %s", in.Plugin)
-	}
-	if err := a.Store.SealRestartMark(ctx, in.Workspace.ID, in.Plugin, id); err != nil {
-		return Delivery{}, err
-	}
-	if changed {
+	if inst.Changed {
+		if err := a.Store.SealRestartMark(ctx, in.Workspace.ID, in.Plugin, inst.Identity); err != nil {
+			return Delivery{}, err
+		}
 		activity.GetMetricsHandler(ctx).Counter("plugin_delivery_total").Inc(1)
 	}
-	return Delivery{Digest: b.Digest, Changed: changed}, nil
+	return Delivery{Digest: b.Digest, Changed: inst.Changed}, nil
 }
 
 // RestartFacts is the durable state the restart decision is made from.
-type RestartFacts struct {
-	PendingSince *time.Time
-	// MarkIdentities are the runtime identities read after each pending
-	// delivery's swap; "" for a swap that was not verified.
-	MarkIdentities []string
-	LatestMark     time.Time
-	// CurrentIdentity is the runtime's identity now; read only when
-	// something is pending.
-	CurrentIdentity string
-}
+type RestartFacts = restart.Facts
 
-// ReadRestartFacts reads the pending restart from the store and, when there
-// is one, the runtime's current identity from the box. Read-only.
+// ReadRestartFacts reads the pending marks and the restart in flight from
+// the store, and the runtime's identity and the journal from the box (one
+// command). Read-only.
 func (a *Activities) ReadRestartFacts(ctx context.Context, ws Workspace) (RestartFacts, error) {
-	st, err := a.Store.RestartState(ctx, ws.ID)
+	f, err := restart.ReadFacts(ctx, a.ledger(ctx, ws.ID, ""), a.box(ws))
 	if err != nil {
-		return RestartFacts{}, err
-	}
-	f := RestartFacts{PendingSince: st.PendingSince}
-	for _, m := range st.Marks {
-		f.MarkIdentities = append(f.MarkIdentities, m.IdentityAfter)
-		if m.MarkedAt.After(f.LatestMark) {
-			f.LatestMark = m.MarkedAt
-		}
-	}
-	if st.PendingSince == nil && len(st.Marks) == 0 {
-		return f, nil
-	}
-	if f.CurrentIdentity, err = a.Box.RuntimeIdentity(ctx, ws.target()); err != nil {
-		return RestartFacts{}, classify(err, "read runtime identity")
+		return RestartFacts{}, classify(err, "read the restart state of %s", ws.InstanceID)
 	}
 	return f, nil
 }
@@ -349,11 +345,21 @@ func (a *Activities) ReadRestartFacts(ctx context.Context, ws Workspace) (Restar
 type ClearInput struct {
 	WorkspaceID string
 	UpTo        time.Time
+	// Workspace, when set, has its box's journal pruned of the lines its
+	// runtime has outlived.
+	Workspace *Workspace `json:",omitempty"`
 }
 
-// ClearRestartPending clears the marks the runtime has already outlived.
-// Deletes by a cutoff: idempotent.
+// ClearRestartPending clears the marks made up to UpTo and the journal
+// lines the runtime has outlived: nothing is owed for them. Deletes by a
+// cutoff, and the prune keeps every line sealed with the current identity:
+// idempotent.
 func (a *Activities) ClearRestartPending(ctx context.Context, in ClearInput) error {
+	if in.Workspace != nil {
+		if err := a.Box.PruneJournal(ctx, in.Workspace.target()); err != nil {
+			return classify(err, "prune the journal of %s", in.Workspace.InstanceID)
+		}
+	}
 	return a.Store.ClearRestartPending(ctx, in.WorkspaceID, in.UpTo)
 }
 
@@ -368,56 +374,176 @@ type RestartOutcome struct {
 	Mode           string
 	IdentityBefore string
 	IdentityAfter  string
-	// AlreadyDone: an earlier attempt of this run restarted the box; this
-	// attempt only confirmed it.
+	// AlreadyDone: an earlier attempt (of this run or another) issued the
+	// restart; this attempt only saw it through.
 	AlreadyDone bool
+	// Restarted: the runtime restarted for this request (by this attempt
+	// or the one it adopted). False when nothing was owed any more.
+	Restarted bool `json:",omitempty"`
+	// RestartIDs are the ledger rows this request saw through, in order.
+	RestartIDs []string `json:",omitempty"`
+	// Reason says why nothing was restarted, when nothing was.
+	Reason string `json:",omitempty"`
 }
 
-// RestartBox restarts the box's runtime (or reboots it) once per run. The
-// ledger row, keyed by workflow run, keeps the identity read before the
-// first attempt acted: a retry that finds the identity already changed does
-// not restart again, it completes the row. The pending mark is cleared only
-// after the new identity is seen.
+// RestartDefaultRebootGrace is how long a reboot issued by another attempt
+// is waited for before it is issued again: EC2 hard-reboots an instance
+// that has not shut down cleanly within about four minutes.
+const RestartDefaultRebootGrace = 5 * time.Minute
+
+// RestartBox sees the box's owed restart through, exactly once: the
+// protocol's steps (3) to (5) (see internal/restart.Run). It decides again
+// from the durable state, so a retry, a duplicate attempt running at the
+// same time, a redelivered task after a deploy or a reset run adopts the
+// restart in flight instead of issuing another, and restarts nothing when
+// nothing is owed any more; each round of a run issues its own.
 func (a *Activities) RestartBox(ctx context.Context, in RestartInput) (RestartOutcome, error) {
-	info := activity.GetInfo(ctx)
-	t := in.Workspace.target()
 	defer keepAlive(ctx)()
+	info := activity.GetInfo(ctx)
 	mode := a.RestartMode
 	if mode == "" {
 		mode = RestartRuntime
 	}
-	current, err := a.Box.RuntimeIdentity(ctx, t)
+	grace := a.RebootGrace
+	if grace == 0 {
+		grace = RestartDefaultRebootGrace
+	}
+	res, err := restart.Run(ctx, a.ledger(ctx, in.Workspace.ID, in.Reason), a.box(in.Workspace), restart.Request{
+		RestartID: fmt.Sprintf("%s/%s/%s/%d", info.WorkflowExecution.ID, info.WorkflowExecution.RunID, info.ActivityID, info.Attempt),
+		Mode:      mode, Reason: in.Reason, Attempt: info.Attempt, RebootGrace: grace,
+		Tick: func() { activity.RecordHeartbeat(ctx) },
+	})
+	var cerr *restart.CommandError
+	if errors.As(err, &cerr) {
+		msg := fmt.Sprintf("restart %s: %v", in.Workspace.InstanceID, cerr)
+		if cerr.Permanent {
+			return RestartOutcome{}, temporal.NewNonRetryableApplicationError(msg, ErrRestartFailed, nil)
+		}
+		return RestartOutcome{}, errors.New(msg)
+	}
 	if err != nil {
 		return RestartOutcome{}, classify(err, "restart %s", in.Workspace.InstanceID)
 	}
-	row, err := a.Store.BeginRestart(ctx, store.Restart{
-		WorkspaceID: in.Workspace.ID, WorkflowID: info.WorkflowExecution.ID, RunID: info.WorkflowExecution.RunID,
-		Reason: in.Reason, Mode: mode, IdentityBefore: current,
-	})
-	if err != nil {
-		return RestartOutcome{}, err
-	}
-	out := RestartOutcome{Mode: mode, IdentityBefore: row.IdentityBefore}
-	if current != row.IdentityBefore {
-		out.AlreadyDone, out.IdentityAfter = true, current
-	} else {
-		if mode == RestartReboot {
-			err = a.Box.RebootInstance(ctx, t)
-		} else {
-			err = a.Box.RestartRuntime(ctx, t)
+	out := RestartOutcome{Mode: mode, Restarted: res.Restarted(), AlreadyDone: len(res.Restarts) > 0}
+	for i, d := range res.Restarts {
+		out.RestartIDs = append(out.RestartIDs, d.RestartID)
+		if i == 0 {
+			out.IdentityBefore = d.IdentityBefore
 		}
-		if err != nil {
-			return RestartOutcome{}, classify(err, "restart %s", in.Workspace.InstanceID)
+		if d.IdentityAfter != "" {
+			out.IdentityAfter = d.IdentityAfter
 		}
-		out.IdentityAfter, err = a.Box.WaitForNewIdentity(ctx, t, row.IdentityBefore, func() { activity.RecordHeartbeat(ctx) })
-		if err != nil {
-			return RestartOutcome{}, classify(err, "restart %s", in.Workspace.InstanceID)
+		if !d.Adopted {
+			out.AlreadyDone = false
 		}
 	}
-	if err := a.Store.CompleteRestart(ctx, row, out.IdentityAfter); err != nil {
-		return RestartOutcome{}, err
+	if len(res.Restarts) == 0 {
+		out.Reason = res.Decision.Reason
+	}
+	if out.Restarted {
+		activity.GetMetricsHandler(ctx).Counter("box_restart_done_total").Inc(1)
 	}
 	return out, nil
+}
+
+// ledger is the restart protocol's store side for one workspace.
+func (a *Activities) ledger(ctx context.Context, workspaceID, reason string) restart.Ledger {
+	var wf, run string
+	if activity.IsActivity(ctx) {
+		info := activity.GetInfo(ctx)
+		wf, run = info.WorkflowExecution.ID, info.WorkflowExecution.RunID
+	}
+	return storeLedger{st: a.Store, ws: workspaceID, workflowID: wf, runID: run, reason: reason}
+}
+
+type storeLedger struct {
+	st                            Store
+	ws, workflowID, runID, reason string
+}
+
+func (l storeLedger) Facts(ctx context.Context) (restart.StoreFacts, error) {
+	st, err := l.st.RestartState(ctx, l.ws)
+	if err != nil {
+		return restart.StoreFacts{}, err
+	}
+	f := restart.StoreFacts{PendingSince: st.PendingSince, ReadAt: st.ReadAt}
+	for _, m := range st.Marks {
+		f.MarkIdentities = append(f.MarkIdentities, m.IdentityAfter)
+		if !m.Journaled {
+			f.LegacyMarks = append(f.LegacyMarks, m.IdentityAfter)
+		}
+		if m.MarkedAt.After(f.LatestMark) {
+			f.LatestMark = m.MarkedAt
+		}
+	}
+	if r := st.InFlight; r != nil {
+		f.InFlight = &restart.Issued{RestartID: r.RestartID, Mode: r.Mode, IdentityBefore: r.IdentityBefore, Force: r.Force, Age: st.ReadAt.Sub(r.RequestedAt)}
+	}
+	return f, nil
+}
+
+func (l storeLedger) Issue(ctx context.Context, r restart.Issued, reason string) (restart.Issued, bool, error) {
+	row, created, err := l.st.IssueRestart(ctx, store.Restart{
+		RestartID: r.RestartID, WorkspaceID: l.ws, WorkflowID: l.workflowID, RunID: l.runID,
+		Reason: reason, Mode: r.Mode, IdentityBefore: r.IdentityBefore, Force: r.Force,
+	})
+	if err != nil {
+		return restart.Issued{}, false, err
+	}
+	return restart.Issued{RestartID: row.RestartID, Mode: row.Mode, IdentityBefore: row.IdentityBefore, Force: row.Force}, created, nil
+}
+
+func (l storeLedger) Complete(ctx context.Context, restartID, identityAfter string, outcome restart.Outcome) error {
+	return l.st.CompleteRestart(ctx, l.ws, restartID, identityAfter, string(outcome))
+}
+
+func (l storeLedger) Fail(ctx context.Context, restartID, reason string) error {
+	return l.st.FailRestart(ctx, l.ws, restartID, reason)
+}
+
+func (l storeLedger) Clear(ctx context.Context, upTo time.Time) error {
+	return l.st.ClearRestartPending(ctx, l.ws, upTo)
+}
+
+// box is the restart protocol's box side for one workspace's box.
+func (a *Activities) box(ws Workspace) restart.Box { return boxSide{acc: a.Box, t: ws.target()} }
+
+type boxSide struct {
+	acc BoxAccess
+	t   eic.Target
+}
+
+func (b boxSide) State(ctx context.Context) (restart.BoxState, error) {
+	id, journal, err := b.acc.ReadRestartState(ctx, b.t)
+	if err != nil {
+		return restart.BoxState{}, err
+	}
+	return restart.BoxState{Identity: id, Journal: restart.ParseJournal(journal)}, nil
+}
+
+func (b boxSide) RestartRuntime(ctx context.Context, token string, force bool) (restart.Reply, error) {
+	r, err := b.acc.RestartRuntime(ctx, b.t, token, force)
+	if err != nil {
+		return restart.Reply{}, err
+	}
+	out := restart.Reply{Identity: r.Identity, Status: r.Status, Message: r.Message}
+	switch r.Result {
+	case eic.RestartDone:
+		out.Result = restart.Restarted
+	case eic.RestartAlready:
+		out.Result = restart.Already
+	case eic.RestartNotNeeded:
+		out.Result = restart.NotNeeded
+	default:
+		out.Result = restart.Failed
+	}
+	return out, nil
+}
+
+func (b boxSide) Reboot(ctx context.Context) error  { return b.acc.RebootInstance(ctx, b.t) }
+func (b boxSide) Running(ctx context.Context) error { return b.acc.InstanceRunning(ctx, b.t) }
+func (b boxSide) Prune(ctx context.Context, _ string) error {
+	return b.acc.PruneJournal(ctx, b.t)
 }
 
 // PageInput asks for a page of workspaces to sweep.

@@ -21,6 +21,12 @@ const VersionTable = "public.schema_version"
 // Apply brings the database at dsn up to the latest schema version and
 // returns the version it is at.
 func Apply(ctx context.Context, dsn string) (int32, error) {
+	return ApplyTo(ctx, dsn, -1)
+}
+
+// ApplyTo migrates the database at dsn to version (up or down; -1 is the
+// latest) and returns the version it is at.
+func ApplyTo(ctx context.Context, dsn string, version int32) (int32, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return 0, fmt.Errorf("migrate: connect: %w", err)
@@ -33,7 +39,12 @@ func Apply(ctx context.Context, dsn string) (int32, error) {
 	if err := m.LoadMigrations(files); err != nil {
 		return 0, fmt.Errorf("migrate: load: %w", err)
 	}
-	if err := m.Migrate(ctx); err != nil {
+	if version < 0 {
+		err = m.Migrate(ctx)
+	} else {
+		err = m.MigrateTo(ctx, version)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("migrate: %w", err)
 	}
 	v, err := m.GetCurrentVersion(ctx)
@@ -41,4 +52,10 @@ func Apply(ctx context.Context, dsn string) (int32, error) {
 		return 0, fmt.Errorf("migrate: current version: %w", err)
 	}
 	return v, nil
+}
+
+// Latest is the schema version Apply brings a database to.
+func Latest() int32 {
+	entries, _ := files.ReadDir(".")
+	return int32(len(entries))
 }

@@ -202,9 +202,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			fmt.Fprintf(out, "terminated %s (%s): its plugin children are cancelled; re-run `starter retry --workspace %s` to repair rows and any restart owed\n", id, *reason, *workspace)
 			return nil
 		}
-		in, err := lastInput(ctx, c, id)
+		in, err := workflows.RetryInput(ctx, c, *workspace)
 		if err != nil {
-			return err
+			return fmt.Errorf("retry: %w", err)
 		}
 		run, err := workflows.Start(ctx, c, in)
 		if err != nil {
@@ -426,28 +426,6 @@ func status(ctx context.Context, out io.Writer, dsn, workspace string, asJSON bo
 		fmt.Fprintf(out, "reconcile running: %s\n", r.Running.Phase)
 	}
 	return nil
-}
-
-// lastInput is the input of the workspace's latest reconcile run.
-func lastInput(ctx context.Context, c client.Client, id string) (workflows.ReconcileInput, error) {
-	var in workflows.ReconcileInput
-	iter := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-	if !iter.HasNext() {
-		return in, fmt.Errorf("retry: %s has no run to retry", id)
-	}
-	ev, err := iter.Next()
-	if err != nil {
-		return in, fmt.Errorf("retry: read %s: %w", id, err)
-	}
-	started := ev.GetWorkflowExecutionStartedEventAttributes()
-	if started == nil {
-		return in, fmt.Errorf("retry: %s: first event is %s", id, ev.GetEventType())
-	}
-	if err := converter.GetDefaultDataConverter().FromPayloads(started.GetInput(), &in); err != nil {
-		return in, fmt.Errorf("retry: decode the input of %s: %w", id, err)
-	}
-	in.DryRun = false
-	return in, nil
 }
 
 // listQuery builds a visibility query over reconciles.

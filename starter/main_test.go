@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service/servicetest"
+	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
@@ -51,7 +55,7 @@ func TestOperatorCommandsOnTheRealStack(t *testing.T) {
 
 	out, err := runCmd(t, "migrate", db)
 	require.NoError(t, err)
-	require.Contains(t, out, "schema at version 1")
+	require.Contains(t, out, fmt.Sprintf("schema at version %d", migrations.Latest()))
 
 	box := s.BootBox(servicetest.All("code-review"))
 	out, err = runCmd(t, "workspace", "add", db, "--workspace", "ws-cli", "--instance", box.InstanceID,
@@ -114,4 +118,43 @@ func TestOperatorCommandsOnTheRealStack(t *testing.T) {
 	require.ErrorContains(t, err, "no reconcile running for ws-cli")
 	_, err = runCmd(t, "terminate", "--workspace", "ws-cli", "--reason", "test")
 	require.ErrorContains(t, err, "no reconcile running for ws-cli")
+}
+
+// A retry re-runs what the terminated run was asked for in the end: its
+// start input with the declarations signalled to it folded in, not the
+// start input alone (which would downgrade an upgrade that came by signal).
+func TestRetryAfterASignalFoldedUpgrade(t *testing.T) {
+	s := servicetest.New(t)
+	t.Setenv("TEMPORAL_ADDRESS", s.Frontend)
+	t.Setenv("TEMPORAL_NAMESPACE", s.Namespace)
+	box := s.Box("ws-retry-fold", servicetest.All())
+	box.SetLatency(300 * time.Millisecond) // keeps the first run busy
+	run, err := workflows.Start(context.Background(), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-retry-fold", Plugins: servicetest.Declared})
+	require.NoError(t, err)
+	upgrade := append([]workflows.Plugin(nil), servicetest.Declared...)
+	upgrade[0].Version = "1.3.0" // github-tools, by a later trigger
+	again, err := workflows.Start(context.Background(), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-retry-fold", Plugins: upgrade})
+	require.NoError(t, err)
+	require.Equal(t, run.GetRunID(), again.GetRunID(), "folded into the running reconcile")
+	_, err = runCmd(t, "terminate", "--workspace", "ws-retry-fold", "--reason", "operator test")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		d, err := s.Client.DescribeWorkflowExecution(context.Background(), workflows.PluginWorkflowID(run.GetID(), "github-tools"), "")
+		return err != nil || d.GetWorkflowExecutionInfo().GetCloseTime() != nil
+	}, time.Minute, 100*time.Millisecond, "the terminated run's children closed")
+	box.SetLatency(0)
+
+	out, err := runCmd(t, "retry", "--workspace", "ws-retry-fold", "--wait", "--json")
+	require.NoError(t, err, out)
+	var res workflows.ReconcileResult
+	require.NoError(t, json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &res))
+	versions := map[string]string{}
+	for _, p := range res.Plugins {
+		versions[p.Name] = p.Version
+	}
+	require.Equal(t, "1.3.0", versions["github-tools"], "the retry kept the upgrade")
+	data, err := os.ReadFile(box.ManifestPath("github-tools"))
+	require.NoError(t, err)
+	require.Contains(t, string(data), "version: 1.3.0")
+	require.Equal(t, 1, box.Restarts())
 }

@@ -72,8 +72,13 @@ func run() error {
 	}
 	w := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
 	svc.Register(w)
-	logger.Info("worker started", "task_queue", workflows.TaskQueue, "eic_mode", cfg.AccessMode, "restart_mode", cfg.RestartMode)
-	// Run returns on SIGINT or SIGTERM after running activities finish
-	// (the worker's stop timeout), so a deploy drains instead of killing.
-	return w.Run(worker.InterruptCh())
+	logger.Info("worker started", "task_queue", workflows.TaskQueue, "eic_mode", cfg.AccessMode, "restart_mode", cfg.RestartMode, "stop_timeout", cfg.StopTimeout.String())
+	// On SIGINT or SIGTERM the worker stops polling and Run returns once
+	// the activities in flight have finished, or after the stop timeout
+	// (WorkerStopTimeout): a deploy drains a restart in flight instead of
+	// cutting it short. Past the timeout an activity is cancelled; the
+	// restart protocol makes its retry safe.
+	err = w.Run(worker.InterruptCh())
+	logger.Info("worker stopped", "error", err)
+	return err
 }

@@ -13,6 +13,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
@@ -142,6 +143,9 @@ type RestartReport struct {
 	Mode           string `json:",omitempty"`
 	IdentityBefore string `json:",omitempty"`
 	IdentityAfter  string `json:",omitempty"`
+	// RestartIDs name the restart ledger rows (box_restarts.restart_id)
+	// this round's restart saw through.
+	RestartIDs []string `json:",omitempty"`
 }
 
 // ReconcileResult is ReconcileWorkspace's result.
@@ -150,11 +154,36 @@ type ReconcileResult struct {
 	InstanceID  string
 	DryRun      bool `json:",omitempty"`
 	Plugins     []PluginResult
-	Restart     RestartReport
-	Failed      []string `json:",omitempty"`
-	Outcome     string
-	Summary     string
+	// Restart is the last round's restart decision and what came of it.
+	Restart RestartReport
+	// Restarts lists every round's, when a declaration that arrived during
+	// a restart made a round of its own (each round has its own restart).
+	Restarts []RestartReport `json:",omitempty"`
+	Failed   []string        `json:",omitempty"`
+	Outcome  string
+	Summary  string
 }
+
+// restarted counts the rounds whose restart was done.
+func (r ReconcileResult) restarted() int {
+	if len(r.Restarts) == 0 {
+		if r.Restart.Done {
+			return 1
+		}
+		return 0
+	}
+	n := 0
+	for _, x := range r.Restarts {
+		if x.Done {
+			n++
+		}
+	}
+	return n
+}
+
+// RestartsDone counts the box restarts the reconcile made (one per round
+// at most).
+func (r ReconcileResult) RestartsDone() int { return r.restarted() }
 
 // Count returns how many plugins ended with action a.
 func (r ReconcileResult) Count(a Action) int {
@@ -278,4 +307,63 @@ func Result(ctx context.Context, run client.WorkflowRun) (ReconcileResult, error
 		_ = cancelled.Details(&res)
 	}
 	return res, err
+}
+
+// Fold returns the plugin set that declarations make when they arrive in
+// order: a later declaration's version of a plugin wins; a plugin keeps its
+// place from its first declaration.
+func Fold(declarations ...[]Plugin) []Plugin {
+	var out []Plugin
+	idx := map[string]int{}
+	for _, d := range declarations {
+		for _, p := range d {
+			if i, ok := idx[p.Name]; ok {
+				out[i] = p
+				continue
+			}
+			idx[p.Name] = len(out)
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// RetryInput is the input that re-runs a workspace's latest reconcile as
+// it stood at its end: its start input with every declaration signalled to
+// it folded in (Fold), for real (not a dry run), and without the sweep's
+// restart gate, which belonged to that run's sweep.
+func RetryInput(ctx context.Context, c client.Client, workspaceID string) (ReconcileInput, error) {
+	id := ReconcileWorkflowID(workspaceID)
+	var in ReconcileInput
+	declarations := [][]Plugin{}
+	iter := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	dc := converter.GetDefaultDataConverter()
+	started := false
+	for iter.HasNext() {
+		ev, err := iter.Next()
+		if err != nil {
+			return in, fmt.Errorf("read the history of %s: %w", id, err)
+		}
+		if a := ev.GetWorkflowExecutionStartedEventAttributes(); a != nil {
+			if err := dc.FromPayloads(a.GetInput(), &in); err != nil {
+				return in, fmt.Errorf("decode the input of %s: %w", id, err)
+			}
+			declarations = append(declarations, in.Plugins)
+			started = true
+			continue
+		}
+		if a := ev.GetWorkflowExecutionSignaledEventAttributes(); a != nil && a.GetSignalName() == SignalDeclare {
+			var d Declaration
+			if err := dc.FromPayloads(a.GetInput(), &d); err != nil || validatePlugins(d.Plugins) != nil {
+				continue // the run dropped it too
+			}
+			declarations = append(declarations, d.Plugins)
+		}
+	}
+	if !started {
+		return in, fmt.Errorf("%s has no run to retry", id)
+	}
+	in.Plugins = Fold(declarations...)
+	in.DryRun, in.RestartGate = false, ""
+	return in, in.Validate()
 }

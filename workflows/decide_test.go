@@ -2,7 +2,6 @@ package workflows
 
 import (
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -38,44 +37,6 @@ func TestDecidePlugin(t *testing.T) {
 	}
 }
 
-func TestDecideRestart(t *testing.T) {
-	since := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	tests := []struct {
-		desc      string
-		delivered int
-		present   int
-		facts     activities.RestartFacts
-		want      RestartDecision
-		reason    string
-	}{
-		{"nothing delivered, nothing pending", 0, 5, activities.RestartFacts{},
-			RestartDecision{}, "5 plugin(s) already on the box"},
-		{"delivered now, same runtime", 2, 3, activities.RestartFacts{PendingSince: &since, MarkIdentities: []string{"r1", "r1"}, CurrentIdentity: "r1"},
-			RestartDecision{Restart: true}, "2 plugin(s) delivered"},
-		{"pending from an earlier run", 0, 5, activities.RestartFacts{PendingSince: &since, MarkIdentities: []string{"r1"}, CurrentIdentity: "r1"},
-			RestartDecision{Restart: true}, "restart still owed"},
-		{"earlier delivery never verified", 0, 5, activities.RestartFacts{PendingSince: &since, MarkIdentities: []string{""}, CurrentIdentity: "r2"},
-			RestartDecision{Restart: true}, "not verified"},
-		{"runtime restarted after every delivery", 0, 5, activities.RestartFacts{PendingSince: &since, MarkIdentities: []string{"r1", "r2"}, CurrentIdentity: "r3"},
-			RestartDecision{Clear: true}, "already restarted"},
-		{"runtime restarted between two deliveries", 2, 0, activities.RestartFacts{PendingSince: &since, MarkIdentities: []string{"r1", "r2"}, CurrentIdentity: "r2"},
-			RestartDecision{Restart: true}, "delivered"},
-		{"pending flag without marks", 0, 1, activities.RestartFacts{PendingSince: &since, CurrentIdentity: "r1"},
-			RestartDecision{Restart: true}, "owed"},
-		{"delivered but no mark found", 1, 0, activities.RestartFacts{},
-			RestartDecision{Restart: true}, "to be safe"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			got := DecideRestart(tt.delivered, tt.present, tt.facts)
-			require.NotEmpty(t, got.Code, "a metrics label for every decision")
-			require.Equal(t, tt.want.Restart, got.Restart, got.Reason)
-			require.Equal(t, tt.want.Clear, got.Clear, got.Reason)
-			require.Contains(t, got.Reason, tt.reason)
-		})
-	}
-}
-
 func TestValidate(t *testing.T) {
 	ok := ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{Name: "gh", Version: "1.0.0"}}}
 	require.NoError(t, ok.Validate())
@@ -107,6 +68,26 @@ func TestValidate(t *testing.T) {
 			in.Plugins = append([]Plugin(nil), ok.Plugins...)
 			tt.edit(&in)
 			require.ErrorContains(t, in.Validate(), tt.field)
+		})
+	}
+}
+
+func TestFold(t *testing.T) {
+	a1, a2, b1, c1 := Plugin{Name: "a", Version: "1"}, Plugin{Name: "a", Version: "2"}, Plugin{Name: "b", Version: "1"}, Plugin{Name: "c", Version: "1"}
+	tests := []struct {
+		desc string
+		in   [][]Plugin
+		want []Plugin
+	}{
+		{"one declaration", [][]Plugin{{a1, b1}}, []Plugin{a1, b1}},
+		{"a later version wins, in place", [][]Plugin{{a1, b1}, {a2}}, []Plugin{a2, b1}},
+		{"a narrower declaration removes nothing", [][]Plugin{{a1, b1}, {b1}}, []Plugin{a1, b1}},
+		{"new plugins are appended", [][]Plugin{{a1}, {c1, b1}}, []Plugin{a1, c1, b1}},
+		{"nothing", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			require.Equal(t, tt.want, Fold(tt.in...))
 		})
 	}
 }

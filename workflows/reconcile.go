@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
 )
 
 // a is only used to name activity methods; workflows never call it.
@@ -23,7 +24,7 @@ var (
 	permanent = []string{
 		activities.ErrInvalidInput, activities.ErrUnknownWorkspace, activities.ErrUnknownPlugin,
 		activities.ErrHostKeyMismatch, activities.ErrInstanceNotRunning, activities.ErrUnknownInstance,
-		activities.ErrBundleRejected,
+		activities.ErrBundleRejected, activities.ErrDigestMismatch,
 	}
 	boxRetry = &temporal.RetryPolicy{
 		InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
@@ -33,10 +34,12 @@ var (
 		InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
 		MaximumAttempts: 20, NonRetryableErrorTypes: permanent,
 	}
-	// A restart owed must happen: retried until its schedule-to-close.
+	// A restart owed must happen: retried until its schedule-to-close,
+	// unless the command itself fails in a way retrying cannot mend (the
+	// activity says so after a few attempts).
 	restartRetry = &temporal.RetryPolicy{
 		InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 2 * time.Minute,
-		NonRetryableErrorTypes: []string{activities.ErrHostKeyMismatch, activities.ErrUnknownInstance, activities.ErrInstanceNotRunning},
+		NonRetryableErrorTypes: []string{activities.ErrHostKeyMismatch, activities.ErrUnknownInstance, activities.ErrInstanceNotRunning, activities.ErrRestartFailed},
 	}
 )
 
@@ -62,7 +65,11 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		return ReconcileResult{}, err
 	}
 
-	if err := r.search(ctx, SearchWorkspaceID.ValueSet(in.WorkspaceID), SearchPluginNames.ValueSet(pluginNames(in.Plugins)), SearchOutcome.ValueSet(OutcomeRunning)); err != nil {
+	initial := []temporal.SearchAttributeUpdate{SearchWorkspaceID.ValueSet(in.WorkspaceID), SearchOutcome.ValueSet(OutcomeRunning)}
+	if names, ok := indexedPluginNames(in.Plugins); ok {
+		initial = append(initial, SearchPluginNames.ValueSet(names))
+	}
+	if err := r.search(ctx, initial...); err != nil {
 		return ReconcileResult{}, err
 	}
 
@@ -91,36 +98,45 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			pending = r.drain(declarations)
 		}
 		facts := activities.RestartFacts{}
+		delivered := r.count(ActionDelivered, ActionWouldDeliver) - r.deliveredBefore
 		fctx := withActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second, boxRetry)
 		if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, ws).Get(ctx, &facts); err != nil {
-			return r.fail(ctx, err)
+			if delivered > 0 || ctx.Err() != nil {
+				return r.fail(ctx, err)
+			}
+			// Nothing delivered in this round and the box cannot be read
+			// (stopped, unreachable): there is nothing this run can
+			// restart; what an earlier run left owed stays in the store.
+			r.restart = RestartReport{Reason: "restart state not read (" + rootMessage(err) + "): nothing delivered; the next reconcile decides"}
+			r.rounds = append(r.rounds, r.restart)
+			break
 		}
-		delivered := r.count(ActionDelivered, ActionWouldDeliver) - r.deliveredBefore
-		d := DecideRestart(delivered, r.count(ActionRecorded, ActionWouldRecord), facts)
-		r.restart = RestartReport{Needed: d.Restart, Reason: d.Reason}
-		logger.Info("restart decision", "workspace", ws.ID, "restart", d.Restart, "reason", d.Reason)
+		d := restart.Decide(restart.Round{Delivered: delivered, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: in.DryRun}, facts)
+		r.restart = RestartReport{Needed: d.Restart(), Reason: d.Reason}
+		logger.Info("restart decision", "workspace", ws.ID, "restart", d.Restart(), "reason", d.Reason)
 		workflow.SetCurrentDetails(ctx, r.details())
 
 		if !in.DryRun {
 			name := "box_restart_skipped_total"
-			if d.Restart {
+			if d.Restart() {
 				name = "box_restart_total"
 			}
-			workflow.GetMetricsHandler(ctx).WithTags(map[string]string{"reason": d.Code}).Counter(name).Inc(1)
+			workflow.GetMetricsHandler(ctx).WithTags(map[string]string{"reason": string(d.Code)}).Counter(name).Inc(1)
 		}
 		switch {
 		case in.DryRun:
-		case d.Restart:
+		case d.Restart():
 			restarts++
-			release := r.permit(ctx)
+			release := r.permit(ctx, restarts)
 			var out activities.RestartOutcome
 			rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-				// One restart per decision, under a deterministic ID.
+				// One restart per round, under a deterministic ID; the
+				// activity sees through the one restart the box owes.
 				ActivityID:          fmt.Sprintf("restart-%d", restarts),
-				StartToCloseTimeout: 15 * time.Minute,
+				StartToCloseTimeout: RestartAttemptTimeout,
 				// The activity heartbeats every few seconds: a dead worker
-				// is noticed in 20 s, and the retry's identity check makes
-				// the retry safe.
+				// is noticed in 20 s, and the ledger and the box's token
+				// make the retry safe.
 				HeartbeatTimeout:       20 * time.Second,
 				ScheduleToCloseTimeout: 2 * time.Hour,
 				RetryPolicy:            restartRetry,
@@ -132,20 +148,33 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 				if ctx.Err() != nil {
 					return r.cancelled(ctx)
 				}
+				r.rounds = append(r.rounds, r.restart)
 				return r.fail(ctx, err)
 			}
-			r.restart.Done, r.restart.Mode = true, out.Mode
+			r.restart.Done, r.restart.Mode = restartDone(out), out.Mode
 			r.restart.IdentityBefore, r.restart.IdentityAfter = out.IdentityBefore, out.IdentityAfter
-		case d.Clear:
-			cctx := withActivity(ctx, "clear restart marks of "+ws.ID, 30*time.Second, storeRetry)
-			if err := workflow.ExecuteActivity(cctx, a.ClearRestartPending, activities.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}).Get(ctx, nil); err != nil {
+			r.restart.RestartIDs = out.RestartIDs
+			if !r.restart.Done && out.Reason != "" {
+				r.restart.Reason += "; at the restart: " + out.Reason
+			}
+		case d.Action == restart.Clear:
+			clear := activities.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}
+			if facts.JournalRead {
+				clear.UpTo = facts.ReadAt
+				if len(facts.Journal) > 0 {
+					clear.Workspace = &ws
+				}
+			}
+			cctx := withActivity(ctx, "clear restart marks of "+ws.ID, 45*time.Second, storeRetry)
+			if err := workflow.ExecuteActivity(cctx, a.ClearRestartPending, clear).Get(ctx, nil); err != nil {
 				return r.fail(ctx, err)
 			}
 		}
+		r.rounds = append(r.rounds, r.restart)
 		r.deliveredBefore += delivered
 		workflow.SetCurrentDetails(ctx, r.details())
 		// A declaration that arrived during the restart is reconciled now,
-		// not lost.
+		// in a round of its own, with its own restart decision.
 		if pending = r.drain(declarations); len(pending) == 0 {
 			break
 		}
@@ -163,6 +192,39 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 	return res, nil
 }
 
+// RestartAttemptTimeout bounds one attempt of RestartBox: the longest a
+// restart may take (a systemd restart's stop and start timeouts, a reboot
+// and its grace). A worker drains for as long on SIGTERM.
+const RestartAttemptTimeout = 10 * time.Minute
+
+// restartDone reports whether the box restarted for a RestartBox call,
+// also for outcomes recorded before RestartOutcome said so itself.
+func restartDone(out activities.RestartOutcome) bool {
+	if out.Restarted {
+		return true
+	}
+	return len(out.RestartIDs) == 0 && out.Reason == "" && out.IdentityAfter != "" && out.IdentityAfter != out.IdentityBefore
+}
+
+// searchValueBudget bounds the encoded size of one search attribute value
+// the workflow sets: Temporal refuses (and terminates the run for) a value
+// over 2 KiB by default.
+const searchValueBudget = 1536
+
+// indexedPluginNames is the declaration's plugin names for the parent's
+// PluginNames, when they fit the budget. A declaration of up to MaxPlugins
+// names does not fit one value; then the parent indexes none (a partial
+// list would make a query silently miss), and each plugin's child, which
+// indexes its own name, answers "which reconciles touched plugin X".
+func indexedPluginNames(ps []Plugin) ([]string, bool) {
+	names := pluginNames(ps)
+	size := 2
+	for _, n := range names {
+		size += len(n) + 3
+	}
+	return names, size <= searchValueBudget
+}
+
 // permitWait bounds how long a restart waits for a sweep's permit: a sweep
 // that is gone must not hold a restart back for ever.
 const permitWait = 30 * time.Minute
@@ -170,27 +232,37 @@ const permitWait = 30 * time.Minute
 // permit takes a restart permit from the sweep that runs this reconcile, if
 // any, and returns the function that gives it back. If the sweep cannot be
 // reached, or is slow past permitWait, the restart goes ahead: pacing must
-// never cost a box its restart.
-func (r *run) permit(ctx workflow.Context) (release func()) {
+// never cost a box its restart. Each request carries its round (seq), and
+// a permit granted for an earlier round's request (one that came after
+// that request's wait had timed out) is not taken for this one.
+func (r *run) permit(ctx workflow.Context, seq int) (release func()) {
 	gate := r.in.RestartGate
 	if gate == "" {
 		return func() {}
 	}
+	if workflow.GetVersion(ctx, "permit-rounds", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		seq = 0 // a run started before permits named their round
+	}
 	self := workflow.GetInfo(ctx).WorkflowExecution.ID
-	if err := workflow.SignalExternalWorkflow(ctx, gate, "", SignalPermitRequest, PermitRequest{WorkflowID: self}).Get(ctx, nil); err != nil {
+	req := PermitRequest{WorkflowID: self, Seq: seq}
+	if err := workflow.SignalExternalWorkflow(ctx, gate, "", SignalPermitRequest, req).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Warn("restart gate unreachable, restarting without a permit", "gate", gate, "error", err)
 		return func() {}
 	}
-	got := false
+	got, timedOut := false, false
 	tctx, cancelTimer := workflow.WithCancel(ctx)
 	timer := workflow.NewTimer(tctx, permitWait)
 	sel := workflow.NewSelector(ctx)
 	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermit), func(c workflow.ReceiveChannel, _ bool) {
-		c.Receive(ctx, nil)
-		got = true
+		var grant PermitRequest
+		c.Receive(ctx, &grant)
+		// Seq 0: a sweep that does not name rounds.
+		got = seq == 0 || grant.Seq == 0 || grant.Seq == seq
 	})
-	sel.AddFuture(timer, func(workflow.Future) {})
-	sel.Select(ctx)
+	sel.AddFuture(timer, func(workflow.Future) { timedOut = true })
+	for !got && !timedOut {
+		sel.Select(ctx)
+	}
 	cancelTimer()
 	if !got {
 		workflow.GetLogger(ctx).Warn("no restart permit in time, restarting anyway", "gate", gate)
@@ -199,7 +271,7 @@ func (r *run) permit(ctx workflow.Context) (release func()) {
 	// drops the request it has not granted yet.
 	return func() {
 		dctx, _ := workflow.NewDisconnectedContext(ctx)
-		_ = workflow.SignalExternalWorkflow(dctx, gate, "", SignalPermitRelease, PermitRequest{WorkflowID: self}).Get(dctx, nil)
+		_ = workflow.SignalExternalWorkflow(dctx, gate, "", SignalPermitRelease, req).Get(dctx, nil)
 	}
 }
 
@@ -236,11 +308,17 @@ func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 	var facts activities.RestartFacts
 	fctx := withActivity(dctx, "read restart state of "+r.ws.InstanceID+" after cancel", 30*time.Second,
 		&temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: permanent})
-	if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, r.ws).Get(dctx, &facts); err != nil {
+	err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, r.ws).Get(dctx, &facts)
+	switch d := restart.Decide(restart.Round{}, facts); {
+	case err != nil:
 		r.restart = RestartReport{Needed: true, Reason: "cancelled; could not read the restart state (" + rootMessage(err) + "): the next reconcile decides"}
-	} else if facts.PendingSince != nil || len(facts.MarkIdentities) > 0 {
-		r.restart = RestartReport{Needed: true, Reason: "cancelled: restart left pending for the next reconcile"}
-	} else {
+	case d.Restart():
+		r.restart = RestartReport{Needed: true, Reason: "cancelled: restart left pending for the next reconcile (" + d.Reason + ")"}
+	case d.Action == restart.Clear && facts.JournalRead && len(facts.Journal) == 0:
+		// Marks without swaps: a delivery was cut, and its install may
+		// still finish on the box.
+		r.restart = RestartReport{Needed: true, Reason: "cancelled during a delivery: restart left pending for the next reconcile to decide"}
+	default:
 		r.restart = RestartReport{Reason: "cancelled: no restart owed"}
 	}
 	res := r.result()
@@ -263,7 +341,8 @@ type run struct {
 	ws              activities.Workspace
 	order           []string
 	results         map[string]PluginResult
-	restart         RestartReport
+	restart         RestartReport   // the current round's
+	rounds          []RestartReport // every finished round's
 	deliveredBefore int
 	cancel          bool
 }
@@ -292,6 +371,10 @@ func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
 			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 			WaitForCancellation:   true,
 			StaticSummary:         fmt.Sprintf("%s on %s", p, r.ws.InstanceID),
+			// Each child indexes its own plugin: within the limits of a
+			// search attribute whatever the declaration's size.
+			TypedSearchAttributes: temporal.NewSearchAttributes(
+				SearchWorkspaceID.ValueSet(r.in.WorkspaceID), SearchPluginNames.ValueSet([]string{p.Name})),
 		})
 		f := workflow.ExecuteChildWorkflow(cctx, ReconcilePlugin, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun})
 		running++
@@ -379,6 +462,9 @@ func (r *run) status() Status {
 
 func (r *run) result() ReconcileResult {
 	res := ReconcileResult{WorkspaceID: r.in.WorkspaceID, InstanceID: r.ws.InstanceID, DryRun: r.in.DryRun, Plugins: r.ordered(), Restart: r.restart}
+	if len(r.rounds) > 1 {
+		res.Restarts = r.rounds
+	}
 	for _, p := range res.Plugins {
 		if p.Action == ActionFailed {
 			res.Failed = append(res.Failed, p.Name)
@@ -392,7 +478,7 @@ func (r *run) result() ReconcileResult {
 		res.Outcome = OutcomeDryRun
 	case len(res.Failed) > 0:
 		res.Outcome = OutcomeFailed
-	case r.restart.Done:
+	case res.restarted() > 0:
 		res.Outcome = OutcomeRestarted
 	case res.Count(ActionDelivered) > 0:
 		res.Outcome = OutcomeDelivered
@@ -414,8 +500,11 @@ func (r *run) result() ReconcileResult {
 		return res
 	}
 	restart := "not restarted"
-	if r.restart.Done {
+	switch n := res.restarted(); {
+	case n == 1:
 		restart = "restarted"
+	case n > 1:
+		restart = fmt.Sprintf("restarted %d times, once per round", n)
 	}
 	res.Summary = fmt.Sprintf("%d recorded, %d delivered, %d failed; box %s: %s",
 		res.Count(ActionRecorded), res.Count(ActionDelivered), len(res.Failed), restart, r.restart.Reason)
@@ -497,7 +586,7 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 			RetryPolicy:         boxRetry,
 			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, reason),
 		})
-		if err := workflow.ExecuteActivity(dctx, a.DeliverViaEIC, activities.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version}).Get(ctx, &d); err != nil {
+		if err := workflow.ExecuteActivity(dctx, a.DeliverViaEIC, activities.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version, Digest: p.Digest}).Get(ctx, &d); err != nil {
 			return res, err
 		}
 		track.Digest, track.Via = d.Digest, activities.ViaReconcile

@@ -3,6 +3,7 @@ package workflows
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
 )
 
 // model is a box and its store as the mocked activities see them.
@@ -24,7 +26,7 @@ type model struct {
 	marks       map[string]string // plugin -> identity after swap
 	identity    string
 
-	deliverTakes time.Duration
+	deliverTakes, restartTakes time.Duration
 
 	probes, deliveries, records, restarts, clears int
 	recorded                                      map[string]string // plugin -> via
@@ -83,20 +85,27 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 	env.OnActivity(a.ReadRestartFacts, mock.Anything, mock.Anything).Return(func(_ context.Context, _ activities.Workspace) (activities.RestartFacts, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		f := activities.RestartFacts{PendingSince: m.pending, CurrentIdentity: m.identity}
-		for _, id := range m.marks {
+		// The box's journal: one line per swap, with the runtime it
+		// happened under.
+		f := activities.RestartFacts{PendingSince: m.pending, CurrentIdentity: m.identity, JournalRead: true}
+		for name, id := range m.marks {
 			f.MarkIdentities = append(f.MarkIdentities, id)
+			f.Journal = append(f.Journal, restart.Entry{Plugin: name, Identity: id})
 		}
 		return f, nil
 	}).Maybe()
-	env.OnActivity(a.RestartBox, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RestartInput) (activities.RestartOutcome, error) {
+	restartBox := env.OnActivity(a.RestartBox, mock.Anything, mock.Anything)
+	if m.restartTakes > 0 {
+		restartBox = restartBox.After(m.restartTakes)
+	}
+	restartBox.Return(func(_ context.Context, in activities.RestartInput) (activities.RestartOutcome, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.restarts++
 		before := m.identity
 		m.identity = before + "+"
 		m.pending, m.marks = nil, map[string]string{}
-		return activities.RestartOutcome{Mode: "runtime", IdentityBefore: before, IdentityAfter: m.identity}, nil
+		return activities.RestartOutcome{Mode: "runtime", IdentityBefore: before, IdentityAfter: m.identity, Restarted: true, RestartIDs: []string{fmt.Sprint("r", m.restarts)}}, nil
 	}).Maybe()
 	env.OnActivity(a.ClearRestartPending, mock.Anything, mock.Anything).Return(func(_ context.Context, _ activities.ClearInput) error {
 		m.mu.Lock()
@@ -329,4 +338,48 @@ func TestOutcomes(t *testing.T) {
 	res, err = runReconcile(t, newModel(box), ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), DryRun: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, OutcomeDryRun, res.Outcome)
+}
+
+// A declaration that arrives while the box restarts is a round of its own:
+// its delivery gets a restart after it.
+func TestDeclarationDuringTheRestartGetsARoundOfItsOwn(t *testing.T) {
+	box := allOnBox()
+	delete(box, "a")
+	m := newModel(box)
+	m.restartTakes = time.Minute
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.RegisterDelayedCallback(func() {
+			require.Equal(t, 0, m.restarts, "the signal lands during the first restart")
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{"b", "2.0.0", ""}}})
+		}, 30*time.Second)
+	})
+	require.NoError(t, err)
+	require.Equal(t, 2, m.deliveries)
+	require.Equal(t, 2, m.restarts, "one restart per round")
+	require.Len(t, res.Restarts, 2)
+	require.True(t, res.Restarts[0].Done)
+	require.True(t, res.Restarts[1].Done)
+	require.Equal(t, 2, res.RestartsDone())
+	require.Equal(t, OutcomeRestarted, res.Outcome)
+	require.Contains(t, res.Summary, "restarted 2 times")
+}
+
+// A plugin's child indexes the plugin's name, so a declaration of any size
+// is searchable without the parent's value outgrowing Temporal's limit.
+func TestLargeDeclarationsKeepSearchAttributesSmall(t *testing.T) {
+	small, ok := indexedPluginNames(five())
+	require.True(t, ok)
+	require.Len(t, small, 5)
+	many := make([]Plugin, MaxPlugins)
+	for i := range many {
+		many[i] = Plugin{Name: fmt.Sprintf("a-rather-long-plugin-name-%03d", i), Version: "1"}
+	}
+	_, ok = indexedPluginNames(many)
+	require.False(t, ok, "300 names do not fit one value: the parent indexes none")
+	names, _ := indexedPluginNames(many[:40])
+	encoded := 2
+	for _, n := range names {
+		encoded += len(n) + 3
+	}
+	require.LessOrEqual(t, encoded, searchValueBudget)
 }

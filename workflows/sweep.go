@@ -32,9 +32,12 @@ const (
 	SignalPermitRelease = "restart-permit-release"
 )
 
-// PermitRequest is the payload of SignalPermitRequest and SignalPermitRelease.
+// PermitRequest is the payload of SignalPermitRequest, SignalPermit and
+// SignalPermitRelease: who asks, and for which of its rounds (a reconcile
+// restarts at most once per round).
 type PermitRequest struct {
 	WorkflowID string
+	Seq        int `json:",omitempty"`
 }
 
 // SweepInput configures a fleet sweep.
@@ -88,41 +91,41 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 	rep.Runs++
 	self := workflow.GetInfo(ctx).WorkflowExecution.ID
 
-	inFlight, permits := 0, in.MaxRestartsInFlight
-	var waiting []string
-	granted := map[string]bool{}
+	inFlight := 0
+	pool := newPermitPool(in.MaxRestartsInFlight)
+	// Permits follow their holders' lives: a reconcile that ends (or is
+	// terminated, or reset) without giving its permit back frees it.
+	leases := workflow.GetVersion(ctx, "sweep-permit-leases", workflow.DefaultVersion, 1) == 1
 	sel := workflow.NewSelector(ctx)
 	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRequest), func(c workflow.ReceiveChannel, _ bool) {
 		var r PermitRequest
 		c.Receive(ctx, &r)
-		waiting = append(waiting, r.WorkflowID)
+		pool.request(r, leases)
 	})
 	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRelease), func(c workflow.ReceiveChannel, _ bool) {
 		var r PermitRequest
 		c.Receive(ctx, &r)
-		if granted[r.WorkflowID] {
-			delete(granted, r.WorkflowID)
-			permits++
-			return
-		}
-		waiting = slices.DeleteFunc(waiting, func(id string) bool { return id == r.WorkflowID })
+		pool.release(r)
 	})
 	// step waits for one event (a reconcile ending, a permit asked for or
 	// given back) and hands out the permits it can.
 	step := func() {
 		sel.Select(ctx)
-		for permits > 0 && len(waiting) > 0 {
-			permits--
-			// A reconcile that is gone cannot take its permit or give
-			// it back, so a failed signal returns it.
-			id := waiting[0]
-			waiting = waiting[1:]
-			granted[id] = true
-			f := workflow.SignalExternalWorkflow(ctx, id, "", SignalPermit, nil)
+		for {
+			g, ok := pool.next()
+			if !ok {
+				break
+			}
+			var payload any
+			if leases {
+				payload = g
+			}
+			f := workflow.SignalExternalWorkflow(ctx, g.WorkflowID, "", SignalPermit, payload)
 			sel.AddFuture(f, func(f workflow.Future) {
-				if f.Get(ctx, nil) != nil && granted[id] {
-					delete(granted, id)
-					permits++
+				// A reconcile that is gone cannot take its permit or give
+				// it back, so a failed signal returns it.
+				if f.Get(ctx, nil) != nil {
+					pool.release(g)
 				}
 			})
 		}
@@ -132,8 +135,15 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 		for i, p := range t.Plugins {
 			plugins[i] = Plugin{Name: p.Name, Version: p.Version}
 		}
+		// A plan runs under the plan's workflow ID: a real trigger for the
+		// workspace meanwhile starts (or joins) the real reconcile, and is
+		// never folded into a plan.
+		id := ReconcileWorkflowID(t.WorkspaceID)
+		if in.DryRun && workflow.GetVersion(ctx, "sweep-plan-ids", workflow.DefaultVersion, 1) == 1 {
+			id = PlanWorkflowID(t.WorkspaceID)
+		}
 		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-			WorkflowID:            ReconcileWorkflowID(t.WorkspaceID),
+			WorkflowID:            id,
 			ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
 			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 			StaticSummary:         fmt.Sprintf("sweep: reconcile %s (%d plugins)", t.WorkspaceID, len(plugins)),
@@ -144,6 +154,9 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 		inFlight++
 		sel.AddFuture(f, func(f workflow.Future) {
 			inFlight--
+			if leases {
+				pool.holderGone(id)
+			}
 			var res ReconcileResult
 			err := f.Get(ctx, &res)
 			var app *temporal.ApplicationError
@@ -189,7 +202,7 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 		if !rep.Stopped && (startedThisRun >= in.MaxPerRun || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) {
 			// Drain this run's reconciles (and their permits) so that the
 			// next run starts with nothing in flight.
-			for inFlight > 0 || permits < in.MaxRestartsInFlight {
+			for inFlight > 0 || !pool.idle() {
 				step()
 			}
 			next := in
@@ -218,8 +231,11 @@ func (r *SweepReport) tally(workspace string, res ReconcileResult) {
 			r.Delivered++
 		}
 	}
-	if res.Restart.Done || (res.DryRun && res.Restart.Needed) {
+	switch {
+	case res.DryRun && res.Restart.Needed:
 		r.Restarts++
+	default:
+		r.Restarts += res.RestartsDone()
 	}
 	if len(res.Failed) > 0 {
 		r.Failures++
@@ -283,3 +299,75 @@ func EnsureSchedule(ctx context.Context, c client.Client, every time.Duration, i
 	}
 	return false, nil
 }
+
+// permitPool is the sweep's restart permits: at most size restarts at
+// once among the reconciles it runs. A permit is held by a workflow ID for
+// one of its rounds; it comes back when the holder gives it back, when the
+// holder asks again for a later round (the earlier release was lost), or
+// when the holder's workflow ends (terminated, failed, reset away) without
+// giving it back. A request repeated for the round it already holds (a
+// reset run asking again) is granted again without taking a second permit.
+type permitPool struct {
+	size    int
+	free    int
+	waiting []PermitRequest
+	granted map[string]PermitRequest
+	resend  []PermitRequest
+}
+
+func newPermitPool(size int) *permitPool {
+	return &permitPool{size: size, free: size, granted: map[string]PermitRequest{}}
+}
+
+// request queues r (or, for the round its requester holds, grants it
+// again).
+func (p *permitPool) request(r PermitRequest, rounds bool) {
+	if g, ok := p.granted[r.WorkflowID]; ok && rounds {
+		if g.Seq == r.Seq {
+			p.resend = append(p.resend, r)
+			return
+		}
+		p.holderGone(r.WorkflowID)
+	}
+	p.waiting = slices.DeleteFunc(p.waiting, func(w PermitRequest) bool { return w.WorkflowID == r.WorkflowID })
+	p.waiting = append(p.waiting, r)
+}
+
+// release frees r's permit, or drops r's request if it was not granted.
+func (p *permitPool) release(r PermitRequest) {
+	if g, ok := p.granted[r.WorkflowID]; ok && g.Seq == r.Seq {
+		delete(p.granted, r.WorkflowID)
+		p.free++
+		return
+	}
+	p.waiting = slices.DeleteFunc(p.waiting, func(w PermitRequest) bool { return w == r })
+}
+
+// holderGone frees whatever id holds or waits for: its workflow has ended.
+func (p *permitPool) holderGone(id string) {
+	if _, ok := p.granted[id]; ok {
+		delete(p.granted, id)
+		p.free++
+	}
+	p.waiting = slices.DeleteFunc(p.waiting, func(w PermitRequest) bool { return w.WorkflowID == id })
+}
+
+// next is the next grant to send, if any.
+func (p *permitPool) next() (PermitRequest, bool) {
+	if len(p.resend) > 0 {
+		r := p.resend[0]
+		p.resend = p.resend[1:]
+		return r, true
+	}
+	if p.free == 0 || len(p.waiting) == 0 {
+		return PermitRequest{}, false
+	}
+	r := p.waiting[0]
+	p.waiting = p.waiting[1:]
+	p.free--
+	p.granted[r.WorkflowID] = r
+	return r, true
+}
+
+// idle: every permit is back and nobody waits.
+func (p *permitPool) idle() bool { return p.free == p.size && len(p.waiting) == 0 }

@@ -17,15 +17,18 @@ type noop struct{ version string }
 func (n noop) ReadManifest(_ context.Context, _ eic.Target, name string) ([]byte, error) {
 	return plugin.Manifest{Name: name, Version: n.version}.Marshal(), nil
 }
-func (noop) Install(context.Context, eic.Target, string, []byte, func(int64)) (bool, error) {
-	return false, nil
+func (noop) Install(context.Context, eic.Target, string, string, []byte, func(int64)) (eic.Installed, error) {
+	return eic.Installed{}, nil
 }
-func (noop) RuntimeIdentity(context.Context, eic.Target) (string, error) { return "noop", nil }
-func (noop) RestartRuntime(context.Context, eic.Target) error            { return nil }
-func (noop) RebootInstance(context.Context, eic.Target) error            { return nil }
-func (noop) WaitForNewIdentity(context.Context, eic.Target, string, func()) (string, error) {
-	return "noop+", nil
+func (noop) ReadRestartState(context.Context, eic.Target) (string, string, error) {
+	return "noop", "", nil
 }
+func (noop) RestartRuntime(context.Context, eic.Target, string, bool) (eic.RestartReply, error) {
+	return eic.RestartReply{Result: eic.RestartNotNeeded, Identity: "noop"}, nil
+}
+func (noop) RebootInstance(context.Context, eic.Target) error  { return nil }
+func (noop) InstanceRunning(context.Context, eic.Target) error { return nil }
+func (noop) PruneJournal(context.Context, eic.Target) error    { return nil }
 func (noop) Workspace(_ context.Context, id string) (store.Workspace, error) {
 	return store.Workspace{ID: id, InstanceID: "i-0000000000000001", Region: "us-east-1", OSUser: "ubuntu",
 		PluginRoot: store.DefaultPluginRoot, Status: "active"}, nil
@@ -36,11 +39,12 @@ func (noop) SealRestartMark(context.Context, string, string, string) error { ret
 func (noop) RestartState(context.Context, string) (store.RestartState, error) {
 	return store.RestartState{}, nil
 }
-func (noop) BeginRestart(_ context.Context, r store.Restart) (store.Restart, error) {
-	return r, nil
+func (noop) IssueRestart(_ context.Context, r store.Restart) (store.Restart, bool, error) {
+	return r, true, nil
 }
-func (noop) CompleteRestart(context.Context, store.Restart, string) error { return nil }
-func (noop) ClearRestartPending(context.Context, string, time.Time) error { return nil }
+func (noop) CompleteRestart(context.Context, string, string, string, string) error { return nil }
+func (noop) FailRestart(context.Context, string, string, string) error             { return nil }
+func (noop) ClearRestartPending(context.Context, string, time.Time) error          { return nil }
 func (noop) ActiveWorkspaces(context.Context, string, int) ([]store.Declared, error) {
 	return nil, nil
 }

@@ -120,14 +120,28 @@ func reject(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
 }
 
-// Check reads a whole bundle and returns its manifest if the bundle is safe
+// Info is what Inspect learns of a bundle.
+type Info struct {
+	Manifest plugin.Manifest
+	// ManifestDigest is "sha256:<hex>" of its plugin.yaml's bytes, to tell
+	// an installed manifest edited on a box from the bundle's.
+	ManifestDigest string
+}
+
+// Check is Inspect's manifest.
+func Check(data []byte) (plugin.Manifest, error) {
+	info, err := Inspect(data)
+	return info.Manifest, err
+}
+
+// Inspect reads a whole bundle and returns its manifest if the bundle is safe
 // to unpack into a plugin directory: a gzip'd tar of regular files,
 // directories and symlinks, every path relative and inside, no link leaving
 // the directory, no entry written through a symlink, no duplicates, no
 // device files, no set-id bits, no data after the archive, sizes that hold,
 // and a plugin.yaml at the top that parses.
-func Check(data []byte) (plugin.Manifest, error) {
-	var m plugin.Manifest
+func Inspect(data []byte) (Info, error) {
+	var m Info
 	br := bytes.NewReader(data)
 	zr, err := gzip.NewReader(br)
 	if err != nil {
@@ -218,10 +232,11 @@ func Check(data []byte) (plugin.Manifest, error) {
 	if seen[plugin.ManifestFile] != tar.TypeReg {
 		return m, reject("no regular file %s at the top", plugin.ManifestFile)
 	}
-	m, err = plugin.ParseManifest(manifest)
+	m.Manifest, err = plugin.ParseManifest(manifest)
 	if err != nil {
-		return m, fmt.Errorf("%w: %w", ErrRejected, err)
+		return Info{}, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
+	m.ManifestDigest = Digest(manifest)
 	return m, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -364,13 +365,17 @@ func TestInstallRejectsUnsafeBundlesBeforeWriting(t *testing.T) {
 		"lying size":       lying,
 	}
 	for desc, data := range cases {
-		_, err := e.access.Install(ctx(t), e.target, "evil", data, nil)
+		_, err := e.access.Install(ctx(t), e.target, "evil", "1.0.0", data, nil)
 		var be *eic.BundleError
 		require.ErrorAs(t, err, &be, desc)
 	}
-	// The manifest must name the plugin being installed.
-	_, err := e.access.Install(ctx(t), e.target, "github-tools", packPlugin(t, "other", "1", nil), nil)
+	// The manifest must name the plugin and the version being installed.
+	_, err := e.access.Install(ctx(t), e.target, "github-tools", "1", packPlugin(t, "other", "1", nil), nil)
 	require.ErrorContains(t, err, `names plugin "other"`)
+	_, err = e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", packPlugin(t, "github-tools", "1.9.0", nil), nil)
+	var be *eic.BundleError
+	require.ErrorAs(t, err, &be)
+	require.ErrorContains(t, err, "says version 1.9.0, not 2.0.0")
 
 	require.Equal(t, before, fleettest.Listing(t, e.box.PluginRoot), "nothing written on the box")
 	require.Equal(t, 0, e.aws.KeyPushes(e.box.InstanceID), "not even a connection")
@@ -380,9 +385,10 @@ func TestInstallIsAtomicAndIdempotent(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode eic.Mode) {
 		e := newEnv(t, mode, nil)
 		v2 := packPlugin(t, "github-tools", "2.0.0", map[string]string{"bin/gh": "v2\n", "lib/x": "x"})
-		changed, err := e.access.Install(ctx(t), e.target, "github-tools", v2, nil)
+		got, err := e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", v2, nil)
 		require.NoError(t, err)
-		require.True(t, changed)
+		require.True(t, got.Changed)
+		require.Equal(t, e.box.Identity(), got.Identity, "sealed with the runtime it was swapped under")
 		m, err := os.ReadFile(e.box.ManifestPath("github-tools"))
 		require.NoError(t, err)
 		require.Contains(t, string(m), "2.0.0")
@@ -392,15 +398,25 @@ func TestInstallIsAtomicAndIdempotent(t *testing.T) {
 
 		st1, err := os.Stat(filepath.Join(e.box.PluginRoot, "github-tools"))
 		require.NoError(t, err)
-		changed, err = e.access.Install(ctx(t), e.target, "github-tools", v2, nil)
+		got, err = e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", v2, nil)
 		require.NoError(t, err)
-		require.False(t, changed, "the same bundle twice is a no-op")
+		require.False(t, got.Changed, "the same bundle twice is a no-op")
 		st2, err := os.Stat(filepath.Join(e.box.PluginRoot, "github-tools"))
 		require.NoError(t, err)
 		require.Equal(t, st1.ModTime(), st2.ModTime())
 		require.True(t, os.SameFile(st1, st2))
 
-		require.ElementsMatch(t, []string{".", "github-tools", ".github-tools.lock"}, topLevel(t, e.box.PluginRoot))
+		require.ElementsMatch(t, []string{".", "github-tools", ".github-tools.lock", ".reconciler"}, topLevel(t, e.box.PluginRoot))
+
+		// A manifest edited on the box is repaired, though the bundle's
+		// digest file still matches.
+		require.NoError(t, os.WriteFile(e.box.ManifestPath("github-tools"), []byte("name: github-tools\nversion: 2.0.0\n# edited\n"), 0o644))
+		got, err = e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", v2, nil)
+		require.NoError(t, err)
+		require.True(t, got.Changed, "repaired")
+		m, err = os.ReadFile(e.box.ManifestPath("github-tools"))
+		require.NoError(t, err)
+		require.NotContains(t, string(m), "edited")
 	})
 }
 
@@ -422,7 +438,7 @@ func TestCutTransferKeepsPreviousVersion(t *testing.T) {
 
 	c, cancel := context.WithCancel(ctx(t))
 	defer cancel()
-	_, err := e.access.Install(c, e.target, "github-tools", big, func(sent int64) {
+	_, err := e.access.Install(c, e.target, "github-tools", "9.9.9", big, func(sent int64) {
 		if sent > int64(len(big))/2 {
 			cancel()
 		}
@@ -431,17 +447,20 @@ func TestCutTransferKeepsPreviousVersion(t *testing.T) {
 
 	// The box notices the cut, fails the size check and cleans up.
 	require.Eventually(t, func() bool {
-		return len(topLevel(t, e.box.PluginRoot)) == 3
+		return len(topLevel(t, e.box.PluginRoot)) == 4
 	}, 10*time.Second, 50*time.Millisecond, "staging left behind: %v", topLevel(t, e.box.PluginRoot))
-	require.ElementsMatch(t, []string{".", "github-tools", ".github-tools.lock"}, topLevel(t, e.box.PluginRoot))
+	require.ElementsMatch(t, []string{".", "github-tools", ".github-tools.lock", ".reconciler"}, topLevel(t, e.box.PluginRoot))
+	_, journal, err := e.access.ReadRestartState(ctx(t), e.target)
+	require.NoError(t, err)
+	require.Empty(t, journal, "a cut transfer swapped nothing and owes nothing")
 	m, err := os.ReadFile(e.box.ManifestPath("github-tools"))
 	require.NoError(t, err)
 	require.Contains(t, string(m), "1.2.0", "previous version intact")
 
 	// And the next attempt completes.
-	changed, err := e.access.Install(ctx(t), e.target, "github-tools", big, nil)
+	got, err := e.access.Install(ctx(t), e.target, "github-tools", "9.9.9", big, nil)
 	require.NoError(t, err)
-	require.True(t, changed)
+	require.True(t, got.Changed)
 }
 
 func TestNoKeyMaterialOnDiskInErrorsOrLogs(t *testing.T) {
@@ -528,16 +547,94 @@ func TestStoppedOrUnknownInstanceIsANamedError(t *testing.T) {
 	require.ErrorContains(t, err, "i-0deadbeefdeadbeef")
 }
 
-func TestRestartChangesRuntimeIdentity(t *testing.T) {
+// The box's side of the restart protocol: swaps are journaled with the
+// runtime they happened under; the restart script restarts only when the
+// journal owes it (or it is forced), applies a token once, empties the
+// journal, and forgets a token whose command failed.
+func TestRestartScriptAppliesATokenOnceAndOnlyWhenOwed(t *testing.T) {
 	e := newEnv(t, eic.Direct, nil)
-	before, err := e.access.RuntimeIdentity(ctx(t), e.target)
+	restart := func(token string, force bool) eic.RestartReply {
+		t.Helper()
+		r, err := e.access.RestartRuntime(ctx(t), e.target, token, force)
+		require.NoError(t, err)
+		return r
+	}
+	first := e.box.Identity()
+	require.Equal(t, eic.RestartNotNeeded, restart("a", false).Result, "nothing swapped")
+	require.Equal(t, 0, e.box.Restarts())
+
+	_, err := e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", packPlugin(t, "github-tools", "2.0.0", nil), nil)
 	require.NoError(t, err)
-	require.Equal(t, e.box.Identity(), before)
-	require.NoError(t, e.access.RestartRuntime(ctx(t), e.target))
-	after, err := e.access.WaitForNewIdentity(ctx(t), e.target, before, nil)
+	id, journal, err := e.access.ReadRestartState(ctx(t), e.target)
 	require.NoError(t, err)
-	require.NotEqual(t, before, after)
+	require.Equal(t, first, id)
+	require.Equal(t, "github-tools "+first+"\ngithub-tools "+first+"\n", journal, "one line before and one after the swap")
+
+	r := restart("b", false)
+	require.Equal(t, eic.RestartDone, r.Result)
+	require.NotEqual(t, first, r.Identity)
+	require.Equal(t, e.box.Identity(), r.Identity)
+	require.Equal(t, eic.RestartAlready, restart("b", false).Result, "a token is applied once")
 	require.Equal(t, 1, e.box.Restarts())
+	_, journal, err = e.access.ReadRestartState(ctx(t), e.target)
+	require.NoError(t, err)
+	require.Empty(t, journal)
+
+	require.Equal(t, eic.RestartDone, restart("c", true).Result, "forced")
+	require.Equal(t, 2, e.box.Restarts())
+
+	// A command that fails leaves the token unapplied.
+	_, err = e.access.Install(ctx(t), e.target, "github-tools", "2.1.0", packPlugin(t, "github-tools", "2.1.0", nil), nil)
+	require.NoError(t, err)
+	require.NoError(t, e.box.FailRestarts(1, 127))
+	r = restart("d", false)
+	require.Equal(t, eic.RestartFailed, r.Result)
+	require.Equal(t, 127, r.Status)
+	require.Contains(t, r.Message, "simulated restart failure")
+	require.Equal(t, eic.RestartDone, restart("d", false).Result)
+	require.Equal(t, 3, e.box.Restarts())
+
+	// Two attempts with one token at once, during a slow restart: one
+	// restart, the other waits for it and answers "already".
+	_, err = e.access.Install(ctx(t), e.target, "github-tools", "2.2.0", packPlugin(t, "github-tools", "2.2.0", nil), nil)
+	require.NoError(t, err)
+	require.NoError(t, e.box.SetRestartDelay(500*time.Millisecond))
+	var wg sync.WaitGroup
+	results := make([]eic.RestartResult, 2)
+	for i := range results {
+		wg.Add(1)
+		go func() { defer wg.Done(); results[i] = restart("e", false).Result }()
+	}
+	wg.Wait()
+	require.ElementsMatch(t, []eic.RestartResult{eic.RestartDone, eic.RestartAlready}, results)
+	require.Equal(t, 4, e.box.Restarts())
+	events, err := e.box.Events()
+	require.NoError(t, err)
+	var kinds []fleet.EventKind
+	for _, ev := range events {
+		kinds = append(kinds, ev.Kind)
+	}
+	// Each install renames the old version away, then the new one in.
+	require.Equal(t, []fleet.EventKind{fleet.Removal, fleet.Swap, fleet.Restart, fleet.Restart,
+		fleet.Removal, fleet.Swap, fleet.Restart, fleet.Removal, fleet.Swap, fleet.Restart}, kinds)
+	forced := append(append([]fleet.Event(nil), events[:3]...), events[4:]...)
+	require.NoError(t, fleettest.CheckRestarts(forced), "the forced restart aside, every swap had exactly one: %v", events)
+}
+
+// A journal line the runtime has outlived (it restarted some other way) is
+// pruned; one it has not is kept.
+func TestPruneKeepsWhatIsOwed(t *testing.T) {
+	e := newEnv(t, eic.Direct, nil)
+	_, err := e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", packPlugin(t, "github-tools", "2.0.0", nil), nil)
+	require.NoError(t, err)
+	out, err := exec.Command(filepath.Join(e.box.RuntimeDir, "restart")).CombinedOutput() // an operator restarted it
+	require.NoError(t, err, string(out))
+	_, err = e.access.Install(ctx(t), e.target, "code-review", "1.0.0", packPlugin(t, "code-review", "1.0.0", nil), nil)
+	require.NoError(t, err)
+	require.NoError(t, e.access.PruneJournal(ctx(t), e.target))
+	id, journal, err := e.access.ReadRestartState(ctx(t), e.target)
+	require.NoError(t, err)
+	require.Equal(t, "code-review "+id+"\ncode-review "+id+"\n", journal)
 }
 
 func TestRebootReconnectsWithAFreshKey(t *testing.T) {
@@ -545,10 +642,16 @@ func TestRebootReconnectsWithAFreshKey(t *testing.T) {
 	before, err := e.access.RuntimeIdentity(ctx(t), e.target)
 	require.NoError(t, err)
 	require.NoError(t, e.access.RebootInstance(ctx(t), e.target))
-	after, err := e.access.WaitForNewIdentity(ctx(t), e.target, before, nil)
-	require.NoError(t, err)
-	require.NotEqual(t, before, after)
+	var after string
+	require.Eventually(t, func() bool {
+		after, err = e.access.RuntimeIdentity(ctx(t), e.target)
+		return err == nil && after != before
+	}, 30*time.Second, 200*time.Millisecond)
 	require.Equal(t, 1, e.box.Restarts())
+	require.NoError(t, e.access.InstanceRunning(ctx(t), e.target))
+	e.aws.SetState(e.box.InstanceID, "stopped")
+	var state *eic.InstanceStateError
+	require.ErrorAs(t, e.access.InstanceRunning(ctx(t), e.target), &state)
 	// One login before and one after; attempts while the box was down may
 	// have pushed keys that never logged in.
 	require.Equal(t, 2, e.box.Logins())

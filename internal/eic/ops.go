@@ -6,8 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"strconv"
 	"strings"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"golang.org/x/crypto/ssh"
@@ -128,6 +129,11 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 	}
 }
 
+// stateDir is where the reconciler keeps its state on a box, beside the
+// plugins (a dot-name no plugin can take): the journal of swaps, the lock
+// that keeps swaps and restarts apart, and the last restart token applied.
+func stateDir(t Target) string { return t.PluginRoot + "/.reconciler" }
+
 // installScript unpacks a bundle read from stdin into <root>/<name>:
 // receive into a staging file beside the target, check its size and digest,
 // unpack into a staging directory, then swap it in with two renames, keeping
@@ -135,21 +141,26 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 // the size check; the EXIT trap removes the staging files on every exit
 // (signals are turned into exits, and SIGPIPE from a closed channel into
 // write errors, so that the trap runs). A lock per plugin serialises
-// concurrent installs of one plugin; an install that died between the two
-// renames is completed by the next one.
+// concurrent installs of one plugin.
+//
+// The swap itself is the restart protocol's step (2): it runs under the
+// box lock, shared with other swaps and exclusive against a restart, with
+// signals ignored, and is journaled with the runtime's identity just before
+// and just after the renames, so that a swap and a restart never interleave
+// and a swap always leaves the line that owes its restart (an install that
+// died between the two renames is completed by the next one, under the
+// same lines). It prints the identity it sealed the swap with.
 const installScript = `set -eu
 umask 022
 root=%s name=%s want=%s size=%d
-dst="$root/$name" stage="$root/.staging-$name" old="$root/.previous-$name"
-mkdir -p "$root"
+dst="$root/$name" stage="$root/.staging-$name" old="$root/.previous-$name" state="$root/.reconciler"
+mkdir -p "$root" "$state"
 exec 9>"$root/.$name.lock"
 flock 9
 trap 'rm -rf "$stage" "$stage.tgz"' EXIT
 trap 'exit 70' HUP INT TERM
 trap '' PIPE
 rm -rf "$stage" "$stage.tgz"
-if [ ! -e "$dst" ] && [ -d "$old" ]; then mv "$old" "$dst"; fi
-rm -rf "$old"
 head -c "$size" >"$stage.tgz"
 got=$(wc -c <"$stage.tgz")
 if [ "$got" -ne "$size" ]; then echo "transfer cut short: $got of $size bytes" >&2; exit 65; fi
@@ -158,52 +169,95 @@ if [ "$sum" != "$want" ]; then echo "digest mismatch: got $sum" >&2; exit 66; fi
 mkdir "$stage"
 tar -xzf "$stage.tgz" -C "$stage" --no-same-owner --no-same-permissions
 printf '%%s\n' "$want" >"$stage/.bundle-digest"
+ident() { sh -c %s </dev/null 2>/dev/null | head -n 1; }
+exec 8>"$state/lock"
+flock -s 8
+trap '' HUP INT TERM
+id=$(ident)
+if [ -z "$id" ]; then echo "cannot read the runtime identity" >&2; exit 68; fi
+printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
+if [ ! -e "$dst" ] && [ -d "$old" ]; then mv "$old" "$dst"; fi
+rm -rf "$old"
 if [ -e "$dst" ]; then mv "$dst" "$old"; fi
 if ! mv "$stage" "$dst"; then
   if [ -d "$old" ]; then mv "$old" "$dst"; fi
   echo "swap failed" >&2; exit 67
 fi
+id=$(ident)
+printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
+flock -u 8
 rm -rf "$old"
-echo installed
+echo "installed $id"
 `
 
+// Installed is what Install did.
+type Installed struct {
+	// Changed: the plugin was swapped in; false when the box already held
+	// exactly this bundle (its digest and its manifest, byte for byte).
+	Changed bool
+	// Identity is the runtime identity the swap was journaled with.
+	Identity string
+}
+
 // Install installs a packed bundle as <plugin_root>/<name> atomically. The
-// bundle is checked locally first (bundle.Check): a bundle that could write
-// outside the plugin's directory is refused before anything is sent. When
-// the box already holds exactly this bundle, nothing is transferred and
-// Install reports unchanged. progress, if set, is called as bytes are sent.
-func (a *Access) Install(ctx context.Context, t Target, name string, data []byte, progress func(sent int64)) (changed bool, err error) {
+// bundle is checked locally first (CheckBundle): a bundle that could write
+// outside the plugin's directory, or that is not name@version, is refused
+// before anything is sent. When the box already holds exactly this bundle,
+// with its manifest intact, nothing is transferred. progress, if set, is
+// called as bytes are sent.
+func (a *Access) Install(ctx context.Context, t Target, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
 	dir, err := pluginDir(t, name)
 	if err != nil {
-		return false, err
+		return Installed{}, err
 	}
-	if err := CheckBundle(name, data); err != nil {
-		return false, err
+	info, err := CheckBundle(name, version, data)
+	if err != nil {
+		return Installed{}, err
 	}
 	digest := bundle.Digest(data)
 
-	// Same bundle already installed: installing twice is a no-op.
-	cur, status, err := a.run(ctx, t, fmt.Sprintf(`cat -- %s 2>/dev/null || exit %d`, quote(dir+"/.bundle-digest"), exitNotFound), nil, 256)
+	// The same bundle already installed, and its manifest as the bundle has
+	// it: installing twice is a no-op. A manifest edited or corrupted on
+	// the box is repaired by installing again.
+	same, err := a.holds(ctx, t, dir, digest, info.ManifestDigest)
 	if err != nil {
-		return false, err
+		return Installed{}, err
 	}
-	if status == 0 && strings.TrimSpace(string(cur)) == digest {
-		return false, nil
+	if same {
+		return Installed{}, nil
 	}
 
-	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), len(data))
+	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), len(data), quote(a.cfg.IdentityCommand))
 	var in io.Reader = bytes.NewReader(data)
 	if progress != nil {
 		in = &progressReader{r: in, fn: progress}
 	}
 	out, status, err := a.run(ctx, t, "sh -c "+quote(script), in, 1024)
 	if err != nil {
-		return false, fmt.Errorf("install %s on %s: %w", name, t.InstanceID, err)
+		return Installed{}, fmt.Errorf("install %s on %s: %w", name, t.InstanceID, err)
 	}
-	if status != 0 || strings.TrimSpace(string(out)) != "installed" {
-		return false, fmt.Errorf("install %s on %s: exit %d: %s", name, t.InstanceID, status, out)
+	id, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "installed ")
+	if status != 0 || !ok {
+		return Installed{}, fmt.Errorf("install %s on %s: exit %d: %s", name, t.InstanceID, status, out)
 	}
-	return true, nil
+	return Installed{Changed: true, Identity: id}, nil
+}
+
+// holds reports whether the plugin directory dir holds the bundle with
+// digest, with its manifest intact.
+func (a *Access) holds(ctx context.Context, t Target, dir, digest, manifestDigest string) (bool, error) {
+	cmd := fmt.Sprintf(`d=%s; if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$d/.bundle-digest" ] && [ -f "$d/%s" ] && [ ! -L "$d/%s" ]; then head -c 100 "$d/.bundle-digest"; sha256sum <"$d/%s"; else exit %d; fi`,
+		quote(dir), plugin.ManifestFile, plugin.ManifestFile, plugin.ManifestFile, exitNotFound)
+	out, status, err := a.run(ctx, t, cmd, nil, 512)
+	if err != nil || status != 0 {
+		return false, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		return false, nil
+	}
+	sum, _, _ := strings.Cut(lines[1], " ")
+	return strings.TrimSpace(lines[0]) == digest && "sha256:"+sum == manifestDigest, nil
 }
 
 // ReadManifests reads several plugins' manifests in one remote command (a
@@ -222,17 +276,20 @@ func (a *Access) ReadManifests(ctx context.Context, t Target, names []string) ([
 }
 
 // CheckBundle refuses, as a *BundleError, a bundle that is unsafe to unpack
-// or that is not the named plugin's. Install runs it first; callers can run
-// it before anything else happens.
-func CheckBundle(name string, data []byte) error {
-	m, err := bundle.Check(data)
+// or that is not the named plugin at the named version. Install runs it
+// first; callers can run it before anything else happens.
+func CheckBundle(name, version string, data []byte) (bundle.Info, error) {
+	info, err := bundle.Inspect(data)
 	if err != nil {
-		return &BundleError{Plugin: name, Reason: err.Error()}
+		return info, &BundleError{Plugin: name, Reason: err.Error()}
 	}
-	if m.Name != name {
-		return &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest names plugin %q", m.Name)}
+	if info.Manifest.Name != name {
+		return info, &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest names plugin %q", info.Manifest.Name)}
 	}
-	return nil
+	if info.Manifest.Version != version {
+		return info, &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest says version %s, not %s", info.Manifest.Version, version)}
+	}
+	return info, nil
 }
 
 // RuntimeIdentity returns the identity of the box's running agent runtime;
@@ -249,14 +306,161 @@ func (a *Access) RuntimeIdentity(ctx context.Context, t Target) (string, error) 
 	return id, nil
 }
 
-// RestartRuntime runs the configured restart command on the box.
-func (a *Access) RestartRuntime(ctx context.Context, t Target) error {
-	_, status, err := a.run(ctx, t, a.cfg.RestartCommand, nil, 4<<10)
+// RestartResult is how the restart script answered.
+type RestartResult string
+
+// Restart script answers.
+const (
+	RestartDone      RestartResult = "restarted"
+	RestartAlready   RestartResult = "already"    // this token was applied before
+	RestartNotNeeded RestartResult = "not-needed" // the journal owes nothing
+	RestartFailed    RestartResult = "failed"     // the restart command exited non-zero
+)
+
+// RestartReply is the restart script's answer.
+type RestartReply struct {
+	Result   RestartResult
+	Identity string // the runtime's identity after
+	Status   int    // RestartFailed: the command's exit status
+	Message  string // RestartFailed: the start of its stderr
+}
+
+// restartScript is the restart protocol's steps (3) and (4) on the box.
+// Under the box lock, exclusive against swaps: a token already applied is
+// answered "already" (an attempt that timed out, a retry, a reset run all
+// send the token of the restart in flight); a journal that owes nothing
+// (no line sealed with the current identity) is answered "not-needed"
+// unless forced; otherwise the token is recorded, the configured command
+// restarts the runtime, and the journal is emptied. Hangups and closed
+// pipes are ignored: a worker that dies or is deployed away mid-restart
+// does not cut the restart short. A failed command removes the token, so
+// that the next attempt runs it again.
+const restartScript = `set -u
+umask 022
+trap '' HUP PIPE
+root=%s token=%s force=%d
+state="$root/.reconciler"
+mkdir -p "$state" || exit 69
+exec 8>"$state/lock"
+flock 8
+ident() { sh -c %s </dev/null 2>/dev/null | head -n 1; }
+cur=$(ident)
+if [ -z "$cur" ]; then echo "cannot read the runtime identity" >&2; exit 68; fi
+if [ -f "$state/restart-token" ] && [ "$(cat "$state/restart-token")" = "$token" ]; then echo "already $cur"; exit 0; fi
+owed=$force
+if [ -f "$state/journal" ]; then
+  while IFS= read -r line || [ -n "$line" ]; do
+    [ -n "$line" ] || continue
+    i=${line#* }
+    if [ "$i" = "$line" ] || [ -z "$i" ] || [ "$i" = "$cur" ]; then owed=1; fi
+  done <"$state/journal"
+fi
+if [ "$owed" != 1 ]; then echo "not-needed $cur"; exit 0; fi
+printf '%%s\n' "$token" >"$state/restart-token.new" && mv "$state/restart-token.new" "$state/restart-token" || exit 69
+sh -c %s </dev/null >/dev/null 2>"$state/restart.err"
+rc=$?
+if [ "$rc" -ne 0 ]; then
+  rm -f "$state/restart-token"
+  printf 'failed %%d ' "$rc"; head -c 300 "$state/restart.err" | tr '\n' ' '; echo
+  exit 0
+fi
+: >"$state/journal"
+echo "restarted $(ident)"
+`
+
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9:/._@+-]{1,400}$`)
+
+// RestartRuntime runs the restart script with token (see restartScript):
+// the runtime is restarted at most once per token, and only when the box's
+// journal (or force) owes it.
+func (a *Access) RestartRuntime(ctx context.Context, t Target, token string, force bool) (RestartReply, error) {
+	if !tokenRE.MatchString(token) {
+		return RestartReply{}, fmt.Errorf("restart %s: token %q is not a restart id", t.InstanceID, token)
+	}
+	f := 0
+	if force {
+		f = 1
+	}
+	script := fmt.Sprintf(restartScript, quote(t.PluginRoot), quote(token), f, quote(a.cfg.IdentityCommand), quote(a.cfg.RestartCommand))
+	out, status, err := a.run(ctx, t, "sh -c "+quote(script), nil, 4<<10)
 	if err != nil {
-		return fmt.Errorf("restart runtime of %s: %w", t.InstanceID, err)
+		return RestartReply{}, fmt.Errorf("restart runtime of %s: %w", t.InstanceID, err)
+	}
+	line := strings.TrimSpace(string(out))
+	word, rest, _ := strings.Cut(line, " ")
+	switch r := RestartResult(word); {
+	case status != 0:
+		return RestartReply{}, fmt.Errorf("restart runtime of %s: exit %d: %s", t.InstanceID, status, line)
+	case r == RestartDone || r == RestartAlready || r == RestartNotNeeded:
+		return RestartReply{Result: r, Identity: strings.TrimSpace(rest)}, nil
+	case r == RestartFailed:
+		code, msg, _ := strings.Cut(rest, " ")
+		n, err := strconv.Atoi(code)
+		if err != nil {
+			return RestartReply{}, fmt.Errorf("restart runtime of %s: unexpected answer %q", t.InstanceID, line)
+		}
+		return RestartReply{Result: r, Status: n, Message: strings.TrimSpace(msg)}, nil
+	}
+	return RestartReply{}, fmt.Errorf("restart runtime of %s: unexpected answer %q", t.InstanceID, line)
+}
+
+// maxJournal bounds how much of the journal is read back; a journal cut
+// there ends in a line without identity, which counts as owed.
+const maxJournal = 64 << 10
+
+// ReadRestartState reads the runtime's identity and the box's journal in
+// one command. Read-only: a swap or a restart in progress may be half seen,
+// and every half is read conservatively (see internal/restart).
+func (a *Access) ReadRestartState(ctx context.Context, t Target) (identity, journal string, err error) {
+	cmd := fmt.Sprintf(`id=$(sh -c %s </dev/null 2>/dev/null | head -n 1); if [ -z "$id" ]; then exit 68; fi; printf '%%s\n' "$id"; j=%s/journal; if [ -f "$j" ]; then head -c %d "$j"; fi`,
+		quote(a.cfg.IdentityCommand), quote(stateDir(t)), maxJournal)
+	out, status, err := a.run(ctx, t, cmd, nil, maxJournal+1024)
+	if err != nil {
+		return "", "", fmt.Errorf("read restart state of %s: %w", t.InstanceID, err)
 	}
 	if status != 0 {
-		return fmt.Errorf("restart runtime of %s: exit %d", t.InstanceID, status)
+		return "", "", fmt.Errorf("read restart state of %s: the runtime identity cannot be read (exit %d)", t.InstanceID, status)
+	}
+	identity, journal, _ = strings.Cut(string(out), "\n")
+	return strings.TrimSpace(identity), journal, nil
+}
+
+// PruneJournal drops the journal lines the runtime has outlived: under the
+// box lock, those sealed with an identity other than the one it reads now
+// (lines without an identity stay: they are owed).
+func (a *Access) PruneJournal(ctx context.Context, t Target) error {
+	cmd := fmt.Sprintf(`set -eu
+state=%s
+[ -f "$state/journal" ] || exit 0
+exec 8>"$state/lock"
+flock 8
+cur=$(sh -c %s </dev/null 2>/dev/null | head -n 1)
+[ -n "$cur" ] || exit 68
+: >"$state/journal.new"
+while IFS= read -r line || [ -n "$line" ]; do
+  [ -n "$line" ] || continue
+  i=${line#* }
+  if [ "$i" = "$line" ] || [ -z "$i" ] || [ "$i" = "$cur" ]; then printf '%%s\n' "$line" >>"$state/journal.new"; fi
+done <"$state/journal"
+mv "$state/journal.new" "$state/journal"`, quote(stateDir(t)), quote(a.cfg.IdentityCommand))
+	_, status, err := a.run(ctx, t, "sh -c "+quote(cmd), nil, 1024)
+	if err != nil {
+		return fmt.Errorf("prune the journal of %s: %w", t.InstanceID, err)
+	}
+	if status != 0 {
+		return fmt.Errorf("prune the journal of %s: exit %d", t.InstanceID, status)
+	}
+	return nil
+}
+
+// InstanceRunning fails with the instance's typed error when EC2 says it is
+// not running or does not exist; a failure to ask is no answer (nil).
+func (a *Access) InstanceRunning(ctx context.Context, t Target) error {
+	_, _, err := a.describe(ctx, t)
+	var state *InstanceStateError
+	var unknown *UnknownInstanceError
+	if errors.As(err, &state) || errors.As(err, &unknown) {
+		return err
 	}
 	return nil
 }
@@ -277,37 +481,6 @@ func (a *Access) RebootInstance(ctx context.Context, t Target) error {
 		a.evict(c)
 	}
 	return nil
-}
-
-// WaitForNewIdentity polls the runtime identity until it differs from old,
-// calling tick between attempts (for heartbeats). Connection failures while
-// the box comes back are expected and retried until ctx ends.
-func (a *Access) WaitForNewIdentity(ctx context.Context, t Target, old string, tick func()) (string, error) {
-	var last error
-	for {
-		id, err := a.RuntimeIdentity(ctx, t)
-		if err == nil && id != old {
-			return id, nil
-		}
-		if err != nil {
-			last = err
-			var perm *HostKeyMismatchError
-			if errors.As(err, &perm) {
-				return "", err
-			}
-		}
-		if tick != nil {
-			tick()
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return "", fmt.Errorf("wait for %s to restart: %w (last error: %v)", t.InstanceID, ctx.Err(), last)
-			}
-			return "", fmt.Errorf("wait for %s to restart: %w", t.InstanceID, ctx.Err())
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
 }
 
 // progressReader reports every read; callers that heartbeat rely on the

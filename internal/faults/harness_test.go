@@ -202,8 +202,8 @@ func (h *harness) restartTemporal(down time.Duration) {
 }
 
 // startWorker runs the real worker binary, configured only through the
-// environment, as a deployment would.
-func (h *harness) startWorker() {
+// environment, as a deployment would; extra settings override the fleet's.
+func (h *harness) startWorker(extra ...string) {
 	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(h.t, err)
 	cmd := exec.Command(workerBin)
@@ -211,6 +211,7 @@ func (h *harness) startWorker() {
 		"TEMPORAL_ADDRESS="+h.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
 		"DATABASE_URL="+h.dsn, "CATALOG_DIR="+h.catDir, "MIGRATE=true", "METRICS_ADDR=",
 	)
+	cmd.Env = append(cmd.Env, extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	require.NoError(h.t, cmd.Start())
@@ -219,6 +220,21 @@ func (h *harness) startWorker() {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = cmd.Wait() }()
 	h.worker, h.workerWG = cmd, wg
+}
+
+// stopWorker sends the worker SIGTERM, as a deploy does, and returns at
+// once; done is closed when the process has exited.
+func (h *harness) stopWorker() (done chan struct{}) {
+	done = make(chan struct{})
+	if h.worker == nil {
+		close(done)
+		return done
+	}
+	_ = h.worker.Process.Signal(syscall.SIGTERM)
+	wg := h.workerWG
+	go func() { wg.Wait(); close(done) }()
+	h.worker = nil
+	return done
 }
 
 // killWorker SIGKILLs the worker: no drain, no cleanup, as a crash.

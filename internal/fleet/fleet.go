@@ -495,10 +495,19 @@ func (b *Box) SetRebootDelay(d time.Duration) {
 // FailRestarts makes the next n runtime restarts fail with exit code code
 // before they touch anything (a refused sudo, a missing unit, ...).
 func (b *Box) FailRestarts(n, code int) error {
-	if err := os.WriteFile(filepath.Join(b.RuntimeDir, "fail-code"), []byte(strconv.Itoa(code)+"\n"), 0o644); err != nil {
-		return err
+	for name, v := range map[string]int{"fail-code": code, "fail-next": n} {
+		p := filepath.Join(b.RuntimeDir, name)
+		if err := os.WriteFile(p, []byte(strconv.Itoa(v)+"\n"), 0o644); err != nil {
+			return err
+		}
+		// The restart runs as the box's login user and counts down fail-next.
+		if b.fleet.root {
+			if err := os.Chown(p, b.fleet.uid, b.fleet.gid); err != nil {
+				return err
+			}
+		}
 	}
-	return os.WriteFile(filepath.Join(b.RuntimeDir, "fail-next"), []byte(strconv.Itoa(n)+"\n"), 0o644)
+	return nil
 }
 
 // Freeze makes the box's network path hold every byte, in both directions,

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -42,6 +43,10 @@ type Config struct {
 	IdentityCommand string // IDENTITY_COMMAND
 	MaxActivities   int    // MAX_CONCURRENT_ACTIVITIES (default 64)
 	MetricsAddr     string // METRICS_ADDR (default 127.0.0.1:9464; empty string disables)
+	// StopTimeout (WORKER_STOP_TIMEOUT) is how long the worker drains on
+	// SIGTERM: activities in flight finish first. At least the longest
+	// restart attempt (workflows.RestartAttemptTimeout), its default.
+	StopTimeout time.Duration
 	// NaiveAccess (flag only) opens one connection and pushes one key per
 	// operation: the naive access path, for benchmarks only.
 	NaiveAccess bool
@@ -51,7 +56,14 @@ type Config struct {
 var Variables = []string{
 	"DATABASE_URL", "CATALOG_DIR", "MIGRATE", "EIC_MODE", "SSH_PORT", "EIC_ENDPOINT_ID",
 	"EIC_ENDPOINT_URL", "RESTART_MODE", "RESTART_COMMAND", "IDENTITY_COMMAND", "MAX_CONCURRENT_ACTIVITIES",
-	"METRICS_ADDR",
+	"METRICS_ADDR", "WORKER_STOP_TIMEOUT",
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
 }
 
 func envInt(name string, def int) int {
@@ -83,6 +95,7 @@ func FromEnv() Config {
 		IdentityCommand: envOr("IDENTITY_COMMAND", eic.DefaultIdentityCommand),
 		MaxActivities:   envInt("MAX_CONCURRENT_ACTIVITIES", 64),
 		MetricsAddr:     envOr("METRICS_ADDR", "127.0.0.1:9464"),
+		StopTimeout:     envDuration("WORKER_STOP_TIMEOUT", workflows.RestartAttemptTimeout),
 	}
 }
 
@@ -100,6 +113,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.IdentityCommand, "identity-command", c.IdentityCommand, "command that prints the runtime's identity (IDENTITY_COMMAND)")
 	fs.IntVar(&c.MaxActivities, "max-activities", c.MaxActivities, "concurrent activities per worker (MAX_CONCURRENT_ACTIVITIES)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of the Prometheus /metrics endpoint (METRICS_ADDR)")
+	fs.DurationVar(&c.StopTimeout, "stop-timeout", c.StopTimeout, "how long to drain activities on SIGTERM (WORKER_STOP_TIMEOUT)")
 	fs.BoolVar(&c.NaiveAccess, "naive-access", false, "benchmarks only: one key push and SSH connection per operation")
 }
 
@@ -114,6 +128,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("EIC_MODE %q must be direct or endpoint", c.AccessMode)
 	case c.AccessMode == string(eic.Endpoint) && c.EndpointID == "":
 		return errors.New("EIC_MODE=endpoint needs EIC_ENDPOINT_ID")
+	case c.StopTimeout < workflows.RestartAttemptTimeout:
+		return fmt.Errorf("WORKER_STOP_TIMEOUT %s is shorter than a restart attempt may take (%s): a deploy would cut restarts short", c.StopTimeout, workflows.RestartAttemptTimeout)
 	}
 	return nil
 }
@@ -192,7 +208,11 @@ func (s *Service) Register(w worker.Registry) {
 }
 
 // WorkerOptions are the worker's options for this configuration.
-func (s *Service) WorkerOptions() worker.Options { return WorkerOptions(s.cfg.MaxActivities) }
+func (s *Service) WorkerOptions() worker.Options {
+	o := WorkerOptions(s.cfg.MaxActivities)
+	o.WorkerStopTimeout = s.cfg.StopTimeout
+	return o
+}
 
 // WorkerOptions are the reconciler worker's options with maxActivities
 // concurrent activities (the benchmark's floor worker uses them too).
@@ -203,6 +223,9 @@ func WorkerOptions(maxActivities int) worker.Options {
 		// per plugin): more pollers keep them flowing.
 		MaxConcurrentWorkflowTaskPollers: 4,
 		MaxConcurrentActivityTaskPollers: 4,
+		// Stopping (SIGTERM, a deploy) stops polling at once and lets the
+		// activities in flight finish, a restart included, for this long.
+		WorkerStopTimeout: workflows.RestartAttemptTimeout,
 	}
 }
 

@@ -106,6 +106,11 @@ on conflict (id) do update set
 		if _, err := tx.Exec(ctx, `delete from restart_marks where workspace_id = $1`, w.ID); err != nil {
 			return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
 		}
+		if _, err := tx.Exec(ctx, `
+update box_restarts set completed_at = now(), outcome = 'failed', error = 'the workspace moved to instance ' || $2
+where workspace_id = $1 and completed_at is null`, w.ID, w.InstanceID); err != nil {
+			return fmt.Errorf("upsert workspace %s: %w", w.ID, err)
+		}
 	}
 	return tx.Commit(ctx)
 }
@@ -218,7 +223,8 @@ from workspace_plugins where workspace_id = $1 order by plugin_name`, workspaceI
 
 // MarkRestartPending records, before a delivery touches the box, that the
 // box may need a restart. The mark's identity is reset: until SealRestartMark
-// the swap counts as unverified.
+// the swap counts as unverified. The mark is a hint since the box keeps a
+// journal (journaled): it makes the box be looked at, and shows as pending.
 func (s *Store) MarkRestartPending(ctx context.Context, workspaceID, pluginName string) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -231,24 +237,36 @@ where id = $1`, workspaceID); err != nil {
 		return fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
 	}
 	if _, err := tx.Exec(ctx, `
-insert into restart_marks (workspace_id, plugin_name) values ($1, $2)
-on conflict (workspace_id, plugin_name) do update set marked_at = now(), identity_after = null`,
+insert into restart_marks (workspace_id, plugin_name, journaled) values ($1, $2, true)
+on conflict (workspace_id, plugin_name) do update set marked_at = now(), identity_after = null, journaled = true`,
 		workspaceID, pluginName); err != nil {
 		return fmt.Errorf("mark restart pending for %s/%s: %w", workspaceID, pluginName, err)
 	}
 	return tx.Commit(ctx)
 }
 
-// SealRestartMark stores the runtime identity read after a plugin was swapped
-// in.
+// SealRestartMark stores the runtime identity read after a plugin was
+// swapped in. A mark a restart has cleared meanwhile (a delivery that lived
+// on past its run) is written again: what it swapped may postdate that
+// restart, and the next reconcile must look.
 func (s *Store) SealRestartMark(ctx context.Context, workspaceID, pluginName, identity string) error {
-	_, err := s.pool.Exec(ctx, `
-update restart_marks set identity_after = $3 where workspace_id = $1 and plugin_name = $2`,
-		workspaceID, pluginName, identity)
+	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
 	}
-	return nil
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `
+insert into restart_marks (workspace_id, plugin_name, identity_after, journaled) values ($1, $2, $3, true)
+on conflict (workspace_id, plugin_name) do update set identity_after = excluded.identity_after`,
+		workspaceID, pluginName, identity); err != nil {
+		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
+	}
+	if _, err := tx.Exec(ctx, `
+update workspaces set restart_pending_since = coalesce(restart_pending_since, now()), updated_at = now()
+where id = $1 and restart_pending_since is null`, workspaceID); err != nil {
+		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
+	}
+	return tx.Commit(ctx)
 }
 
 // Mark is one delivered plugin awaiting a restart.
@@ -256,97 +274,161 @@ type Mark struct {
 	PluginName    string
 	MarkedAt      time.Time
 	IdentityAfter string // empty: the swap was not verified
+	// Journaled: written since the box keeps a journal, which then decides.
+	Journaled bool
 }
 
 // RestartState is what the store knows about a box's pending restart.
 type RestartState struct {
 	PendingSince *time.Time
 	Marks        []Mark
+	// InFlight is the restart issued and not yet completed, if any.
+	InFlight *Restart
+	// ReadAt is the store's clock when this was read.
+	ReadAt time.Time
 }
 
-// RestartState reads a workspace's pending restart and its marks.
+// RestartState reads a workspace's pending restart, its marks and the
+// restart in flight.
 func (s *Store) RestartState(ctx context.Context, workspaceID string) (RestartState, error) {
 	var st RestartState
-	if err := s.pool.QueryRow(ctx, `select restart_pending_since from workspaces where id = $1`, workspaceID).Scan(&st.PendingSince); err != nil {
+	if err := s.pool.QueryRow(ctx, `select restart_pending_since, now() from workspaces where id = $1`, workspaceID).Scan(&st.PendingSince, &st.ReadAt); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return st, fmt.Errorf("workspace %s: %w", workspaceID, ErrNotFound)
 		}
 		return st, fmt.Errorf("restart state of %s: %w", workspaceID, err)
 	}
 	rows, err := s.pool.Query(ctx, `
-select plugin_name, marked_at, coalesce(identity_after, '') from restart_marks where workspace_id = $1 order by plugin_name`, workspaceID)
+select plugin_name, marked_at, coalesce(identity_after, ''), journaled from restart_marks where workspace_id = $1 order by plugin_name`, workspaceID)
 	if err != nil {
 		return st, fmt.Errorf("restart marks of %s: %w", workspaceID, err)
 	}
 	st.Marks, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Mark, error) {
 		var m Mark
-		err := r.Scan(&m.PluginName, &m.MarkedAt, &m.IdentityAfter)
+		err := r.Scan(&m.PluginName, &m.MarkedAt, &m.IdentityAfter, &m.Journaled)
 		return m, err
 	})
 	if err != nil {
 		return st, fmt.Errorf("restart marks of %s: %w", workspaceID, err)
 	}
+	rows, err = s.pool.Query(ctx, `select `+restartColumns+` from box_restarts where workspace_id = $1 and completed_at is null`, workspaceID)
+	if err != nil {
+		return st, fmt.Errorf("restart in flight of %s: %w", workspaceID, err)
+	}
+	inFlight, err := pgx.CollectRows(rows, scanRestart)
+	if err != nil {
+		return st, fmt.Errorf("restart in flight of %s: %w", workspaceID, err)
+	}
+	if len(inFlight) > 0 {
+		st.InFlight = &inFlight[0]
+	}
 	return st, nil
 }
 
-// Restart is one row of the restart ledger.
+// Restart is one row of the restart ledger: one restart issued.
 type Restart struct {
+	RestartID      string
 	WorkspaceID    string
 	WorkflowID     string
 	RunID          string
 	Reason         string
 	Mode           string
-	RequestedAt    time.Time
+	RequestedAt    time.Time // issued: written before the command is sent
 	CompletedAt    *time.Time
 	IdentityBefore string
 	IdentityAfter  string
+	Outcome        string // restarted, already, not-needed, failed; empty while in flight
+	Error          string
+	Force          bool
 }
 
-// BeginRestart records a restart request, once per run: a retry gets the row
-// its first attempt wrote, with that attempt's identity_before.
-func (s *Store) BeginRestart(ctx context.Context, r Restart) (Restart, error) {
-	var out Restart
-	var after *string
-	err := s.pool.QueryRow(ctx, `
-with ins as (
-  insert into box_restarts (workspace_id, workflow_id, run_id, reason, mode, identity_before)
-  values ($1, $2, $3, $4, $5, $6)
-  on conflict (workspace_id, workflow_id, run_id) do nothing
-  returning workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, identity_after)
-select * from ins
-union all
-select workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, identity_after
-from box_restarts where workspace_id = $1 and workflow_id = $2 and run_id = $3 and not exists (select 1 from ins)`,
-		r.WorkspaceID, r.WorkflowID, r.RunID, r.Reason, r.Mode, r.IdentityBefore).Scan(
-		&out.WorkspaceID, &out.WorkflowID, &out.RunID, &out.Reason, &out.Mode, &out.RequestedAt, &out.CompletedAt, &out.IdentityBefore, &after)
-	if err != nil {
-		return out, fmt.Errorf("begin restart of %s: %w", r.WorkspaceID, err)
-	}
-	if after != nil {
-		out.IdentityAfter = *after
-	}
-	return out, nil
+const restartColumns = `restart_id, workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at,
+  identity_before, coalesce(identity_after, ''), coalesce(outcome, ''), coalesce(error, ''), force`
+
+func scanRestart(r pgx.CollectableRow) (Restart, error) {
+	var x Restart
+	err := r.Scan(&x.RestartID, &x.WorkspaceID, &x.WorkflowID, &x.RunID, &x.Reason, &x.Mode, &x.RequestedAt, &x.CompletedAt,
+		&x.IdentityBefore, &x.IdentityAfter, &x.Outcome, &x.Error, &x.Force)
+	return x, err
 }
 
-// CompleteRestart closes a ledger row and clears the marks the restart
-// covered (those made before it was requested); the workspace's pending
-// restart is cleared when no mark is left.
-func (s *Store) CompleteRestart(ctx context.Context, r Restart, identityAfter string) error {
+// IssueRestart records a restart before its command is sent, unless the
+// workspace has one in flight: then it returns that one, and created is
+// false. At most one is in flight per workspace (the workspace row is
+// locked, and a unique index backs it), so two attempts running at once
+// issue one restart between them. Issuing the same restart_id again
+// returns its row.
+func (s *Store) IssueRestart(ctx context.Context, r Restart) (Restart, bool, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("complete restart of %s: %w", r.WorkspaceID, err)
+		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `
-update box_restarts set completed_at = coalesce(completed_at, now()), identity_after = $4
-where workspace_id = $1 and workflow_id = $2 and run_id = $3`,
-		r.WorkspaceID, r.WorkflowID, r.RunID, identityAfter); err != nil {
-		return fmt.Errorf("complete restart of %s: %w", r.WorkspaceID, err)
+	if _, err := tx.Exec(ctx, `select 1 from workspaces where id = $1 for update`, r.WorkspaceID); err != nil {
+		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
 	}
-	if err := clearMarks(ctx, tx, r.WorkspaceID, r.RequestedAt); err != nil {
+	rows, err := tx.Query(ctx, `select `+restartColumns+` from box_restarts
+where (workspace_id = $1 and completed_at is null) or restart_id = $2`, r.WorkspaceID, r.RestartID)
+	if err != nil {
+		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
+	}
+	existing, err := pgx.CollectRows(rows, scanRestart)
+	if err != nil {
+		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
+	}
+	if len(existing) > 0 {
+		return existing[0], false, tx.Commit(ctx)
+	}
+	rows, err = tx.Query(ctx, `
+insert into box_restarts (restart_id, workspace_id, workflow_id, run_id, reason, mode, identity_before, force)
+values ($1, $2, $3, $4, $5, $6, $7, $8)
+returning `+restartColumns,
+		r.RestartID, r.WorkspaceID, r.WorkflowID, r.RunID, r.Reason, r.Mode, r.IdentityBefore, r.Force)
+	if err != nil {
+		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
+	}
+	issued, err := pgx.CollectExactlyOneRow(rows, scanRestart)
+	if err != nil {
+		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
+	}
+	return issued, true, tx.Commit(ctx)
+}
+
+// CompleteRestart closes a ledger row with its outcome and clears the marks
+// it covered (those made before it was issued); the workspace's pending
+// restart is cleared when no mark is left. Completing twice keeps the first
+// completion's time.
+func (s *Store) CompleteRestart(ctx context.Context, workspaceID, restartID, identityAfter, outcome string) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("complete restart of %s: %w", workspaceID, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var requested time.Time
+	err = tx.QueryRow(ctx, `
+update box_restarts set completed_at = coalesce(completed_at, now()),
+  identity_after = coalesce(identity_after, nullif($3, '')), outcome = coalesce(outcome, $4)
+where workspace_id = $1 and restart_id = $2
+returning requested_at`, workspaceID, restartID, identityAfter, outcome).Scan(&requested)
+	if err != nil {
+		return fmt.Errorf("complete restart %s of %s: %w", restartID, workspaceID, err)
+	}
+	if err := clearMarks(ctx, tx, workspaceID, requested); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)
+}
+
+// FailRestart closes a ledger row as failed, with the reason: nothing was
+// restarted for it, and the next attempt issues a new one.
+func (s *Store) FailRestart(ctx context.Context, workspaceID, restartID, reason string) error {
+	_, err := s.pool.Exec(ctx, `
+update box_restarts set completed_at = now(), outcome = 'failed', error = $3
+where workspace_id = $1 and restart_id = $2 and completed_at is null`, workspaceID, restartID, reason)
+	if err != nil {
+		return fmt.Errorf("fail restart %s of %s: %w", restartID, workspaceID, err)
+	}
+	return nil
 }
 
 // ClearRestartPending clears marks made at or before upTo without a restart:
@@ -378,17 +460,11 @@ where id = $1 and restart_pending_since is not null
 
 // Restarts lists a workspace's ledger rows, oldest first.
 func (s *Store) Restarts(ctx context.Context, workspaceID string) ([]Restart, error) {
-	rows, err := s.pool.Query(ctx, `
-select workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, coalesce(identity_after, '')
-from box_restarts where workspace_id = $1 order by requested_at`, workspaceID)
+	rows, err := s.pool.Query(ctx, `select `+restartColumns+` from box_restarts where workspace_id = $1 order by requested_at, restart_id`, workspaceID)
 	if err != nil {
 		return nil, fmt.Errorf("restarts of %s: %w", workspaceID, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Restart, error) {
-		var x Restart
-		err := r.Scan(&x.WorkspaceID, &x.WorkflowID, &x.RunID, &x.Reason, &x.Mode, &x.RequestedAt, &x.CompletedAt, &x.IdentityBefore, &x.IdentityAfter)
-		return x, err
-	})
+	out, err := pgx.CollectRows(rows, scanRestart)
 	if err != nil {
 		return nil, fmt.Errorf("restarts of %s: %w", workspaceID, err)
 	}

@@ -2,10 +2,12 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
@@ -49,8 +51,49 @@ func TestMigrationsApplyOnceWhenRacing(t *testing.T) {
 	wg.Wait()
 	for i := range errs {
 		require.NoError(t, errs[i])
-		require.Equal(t, int32(1), versions[i])
+		require.Equal(t, migrations.Latest(), versions[i])
 	}
+}
+
+// A database with restarts from before the per-restart ledger: completed
+// rows are kept as restarted, of a workspace's unfinished rows only the
+// latest stays in flight, and the way back down works.
+func TestRestartLedgerMigrationKeepsHistory(t *testing.T) {
+	dsn := pgcluster.NewTestDatabase(t)
+	v, err := migrations.ApplyTo(ctx(t), dsn, 1)
+	require.NoError(t, err)
+	require.Equal(t, int32(1), v)
+	conn, err := pgx.Connect(ctx(t), dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	_, err = conn.Exec(ctx(t), `
+insert into workspaces (id, instance_id, region) values ('ws-1', 'i-0123456789abcdef0', 'us-east-1');
+insert into restart_marks (workspace_id, plugin_name, identity_after) values ('ws-1', 'a', 'id-1');
+insert into box_restarts (workspace_id, workflow_id, run_id, reason, mode, requested_at, completed_at, identity_before, identity_after) values
+  ('ws-1', 'reconcile:ws-1', 'run-1', 'x', 'runtime', now() - interval '3 hours', now() - interval '3 hours', 'id-0', 'id-1'),
+  ('ws-1', 'reconcile:ws-1', 'run-2', 'x', 'runtime', now() - interval '2 hours', null, 'id-1', null),
+  ('ws-1', 'reconcile:ws-1', 'run-3', 'x', 'runtime', now() - interval '1 hours', null, 'id-1', null)`)
+	require.NoError(t, err)
+	_, err = migrations.Apply(ctx(t), dsn)
+	require.NoError(t, err)
+	s, err := store.Open(ctx(t), dsn)
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	ledger, err := s.Restarts(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Len(t, ledger, 3)
+	require.Equal(t, "reconcile:ws-1/run-1", ledger[0].RestartID)
+	require.Equal(t, "restarted", ledger[0].Outcome)
+	require.Equal(t, "failed", ledger[1].Outcome)
+	require.Contains(t, ledger[1].Error, "superseded")
+	st, err := s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Equal(t, "reconcile:ws-1/run-3", st.InFlight.RestartID, "the latest unfinished one is adopted")
+	require.False(t, st.Marks[0].Journaled, "an old mark still decides by its seal")
+
+	v, err = migrations.ApplyTo(ctx(t), dsn, 1)
+	require.NoError(t, err)
+	require.Equal(t, int32(1), v)
 }
 
 func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
@@ -165,29 +208,90 @@ func TestRestartMarksAndLedger(t *testing.T) {
 	require.Equal(t, since, *st.PendingSince)
 	require.Empty(t, st.Marks[0].IdentityAfter)
 
-	r := store.Restart{WorkspaceID: "ws-1", WorkflowID: "reconcile:ws-1", RunID: "run-1", Reason: "2 delivered", Mode: "runtime", IdentityBefore: "id-1"}
-	got, err := s.BeginRestart(ctx(t), r)
+	r := store.Restart{RestartID: "reconcile:ws-1/run-1/restart-1/1", WorkspaceID: "ws-1", WorkflowID: "reconcile:ws-1", RunID: "run-1", Reason: "2 delivered", Mode: "runtime", IdentityBefore: "id-1"}
+	got, created, err := s.IssueRestart(ctx(t), r)
 	require.NoError(t, err)
+	require.True(t, created)
 	require.Equal(t, "id-1", got.IdentityBefore)
-	// A retry with another identity gets the first attempt's row.
-	r2 := r
-	r2.IdentityBefore = "id-2"
-	again, err := s.BeginRestart(ctx(t), r2)
+	st, err = s.RestartState(ctx(t), "ws-1")
 	require.NoError(t, err)
+	require.NotNil(t, st.InFlight)
+	require.Equal(t, r.RestartID, st.InFlight.RestartID)
+	// Another attempt (or run) finds it in flight and adopts it.
+	r2 := r
+	r2.RestartID, r2.IdentityBefore = "reconcile:ws-1/run-2/restart-1/1", "id-2"
+	again, created, err := s.IssueRestart(ctx(t), r2)
+	require.NoError(t, err)
+	require.False(t, created)
+	require.Equal(t, r.RestartID, again.RestartID)
 	require.Equal(t, "id-1", again.IdentityBefore)
 	require.Equal(t, got.RequestedAt, again.RequestedAt)
 
-	require.NoError(t, s.CompleteRestart(ctx(t), got, "id-2"))
-	require.NoError(t, s.CompleteRestart(ctx(t), got, "id-2"), "completing twice")
+	require.NoError(t, s.CompleteRestart(ctx(t), "ws-1", r.RestartID, "id-2", "restarted"))
+	require.NoError(t, s.CompleteRestart(ctx(t), "ws-1", r.RestartID, "id-3", "already"), "completing twice")
 	st, err = s.RestartState(ctx(t), "ws-1")
 	require.NoError(t, err)
 	require.Nil(t, st.PendingSince)
 	require.Empty(t, st.Marks)
+	require.Nil(t, st.InFlight)
+
+	// The next round issues its own row; a failed one frees the way.
+	r3 := r
+	r3.RestartID = "reconcile:ws-1/run-1/restart-2/1"
+	_, created, err = s.IssueRestart(ctx(t), r3)
+	require.NoError(t, err)
+	require.True(t, created)
+	require.NoError(t, s.FailRestart(ctx(t), "ws-1", r3.RestartID, "restart command exited 127"))
+	ledger, err := s.Restarts(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Len(t, ledger, 2)
+	require.Equal(t, "id-2", ledger[0].IdentityAfter)
+	require.Equal(t, "restarted", ledger[0].Outcome)
+	require.NotNil(t, ledger[0].CompletedAt)
+	require.Equal(t, "failed", ledger[1].Outcome)
+	require.Contains(t, ledger[1].Error, "127")
+}
+
+// Two attempts issuing at the same moment get one row between them.
+func TestIssueRestartIsOnePerWorkspaceUnderRaces(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	var wg sync.WaitGroup
+	ids := make([]string, 8)
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, _, err := s.IssueRestart(ctx(t), store.Restart{RestartID: fmt.Sprintf("attempt-%d", i), WorkspaceID: "ws-1", WorkflowID: "w", RunID: "r", Reason: "x", Mode: "runtime", IdentityBefore: "id-1"})
+			require.NoError(t, err)
+			ids[i] = got.RestartID
+		}()
+	}
+	wg.Wait()
+	for _, id := range ids {
+		require.Equal(t, ids[0], id)
+	}
 	ledger, err := s.Restarts(ctx(t), "ws-1")
 	require.NoError(t, err)
 	require.Len(t, ledger, 1)
-	require.Equal(t, "id-2", ledger[0].IdentityAfter)
-	require.NotNil(t, ledger[0].CompletedAt)
+}
+
+// A mark cleared by a restart while its delivery lived on is written again
+// when the delivery seals it: what it swapped may postdate that restart.
+func TestSealAfterAClearWritesTheMarkAgain(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	st, err := s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.True(t, st.Marks[0].Journaled)
+	require.NoError(t, s.ClearRestartPending(ctx(t), "ws-1", st.ReadAt))
+	require.NoError(t, s.SealRestartMark(ctx(t), "ws-1", "a", "id-9"))
+	st, err = s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.NotNil(t, st.PendingSince)
+	require.Len(t, st.Marks, 1)
+	require.Equal(t, "id-9", st.Marks[0].IdentityAfter)
 }
 
 func TestClearKeepsMarksMadeAfterTheCutoff(t *testing.T) {

@@ -1,0 +1,133 @@
+package faults
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/api/workflowservice/v1"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/devserver"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
+)
+
+// A reboot takes a while to begin: the box answers with its old boot id
+// for 30 s after RebootInstances. The worker that sent it dies at once; the
+// retry, on a new worker, must wait for that reboot, not send another.
+func TestRebootAttemptKilledAfterRebootInstances(t *testing.T) {
+	h := newHarness(t)
+	h.killWorker()
+	h.startWorker("RESTART_MODE=reboot")
+	b := h.box("reboot-kill", all("code-review"))
+	b.SetRebootDelay(30 * time.Second)
+	h.start("reboot-kill", declared)
+	require.Eventually(t, func() bool { return h.aws.Calls("RebootInstances") >= 1 }, 2*time.Minute, 2*time.Millisecond)
+	h.killWorker()
+	killed := time.Now()
+	h.startWorker("RESTART_MODE=reboot")
+	_, err := h.wait("reboot-kill", 4*time.Minute)
+	require.NoError(t, err)
+	h.checkBox("reboot-kill", b, declared, 1)
+	require.Equal(t, 1, h.aws.Calls("RebootInstances"), "the retry waited for the reboot it found issued")
+	events, err := b.Events()
+	require.NoError(t, err)
+	require.NoError(t, fleettest.CheckRestarts(events))
+	record("reboot mode: worker SIGKILLed right after RebootInstances (the box goes down 30 s later)",
+		fmt.Sprintf("the retry found the reboot issued and waited for it; run completed %s after the kill", time.Since(killed).Round(time.Second)),
+		"one RebootInstances call, one reboot; rows exact; nothing pending")
+}
+
+// A deploy (SIGTERM) while a slow restart runs: the worker drains, the
+// restart finishes once, and a new worker carries on.
+func TestSIGTERMDuringASlowRestart(t *testing.T) {
+	h := newHarness(t)
+	b := h.box("deploy-restart", all("slack-notify"))
+	require.NoError(t, b.SetRestartDelay(30*time.Second))
+	h.start("deploy-restart", declared)
+	require.Eventually(t, b.Restarting, 2*time.Minute, 2*time.Millisecond)
+	old := h.stopWorker()
+	h.startWorker()
+	select {
+	case <-old:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the old worker did not exit")
+	}
+	_, err := h.wait("deploy-restart", 3*time.Minute)
+	require.NoError(t, err)
+	h.checkBox("deploy-restart", b, declared, 1)
+	events, err := b.Events()
+	require.NoError(t, err)
+	require.NoError(t, fleettest.CheckRestarts(events))
+	record("deploy: worker SIGTERMed during a 30 s restart, a new worker started at once",
+		"the old worker finished the restart before exiting; the run completed",
+		"one restart; rows exact; nothing pending")
+}
+
+// An install that fails before its swap changed nothing on the box: no
+// restart is owed for it.
+func TestInstallFailedBeforeItsSwapOwesNoRestart(t *testing.T) {
+	h := newHarness(t)
+	b := h.box("no-swap", all("mcp-postgres"))
+	// The plugin's install lock cannot be opened: every install attempt
+	// fails before it touches the plugin's directory.
+	require.NoError(t, os.Mkdir(filepath.Join(b.PluginRoot, ".mcp-postgres.lock"), 0o755))
+	h.start("no-swap", declared)
+	res, err := h.wait("no-swap", 5*time.Minute)
+	require.ErrorContains(t, err, "mcp-postgres")
+	require.Equal(t, []string{"mcp-postgres"}, res.Failed)
+	require.Equal(t, 0, b.Restarts(), "nothing was swapped, so nothing restarted")
+	events, err := b.Events()
+	require.NoError(t, err)
+	require.Empty(t, events)
+	record("install fails before its swap (the plugin's lock cannot be opened)",
+		"delivery retried and failed: "+firstLine(res.Plugins[1].Error),
+		"no restart: the box records no swap; the plugin reported failed by name")
+}
+
+// In endpoint mode a failing tunnel dial must not carry the presigned URL
+// (credential, session token, signature) into activity failures, the
+// workflow's history or the worker's log.
+func TestEndpointDialFailureLeaksNothing(t *testing.T) {
+	h := newHarness(t)
+	h.killWorker()
+	h.startWorker("EIC_MODE=endpoint", "EIC_ENDPOINT_ID=eice-0123456789abcdef0", "EIC_ENDPOINT_URL=ws://127.0.0.1:1")
+	h.box("tunnel", all())
+	run := h.start("tunnel", declared)
+	var failure string
+	require.Eventually(t, func() bool {
+		resp, err := h.client.ListWorkflow(ctx(t), &workflowservice.ListWorkflowExecutionsRequest{
+			Namespace: devserver.Namespace, Query: `WorkflowType = "ReconcilePlugin" AND ExecutionStatus = "Running"`,
+		})
+		if err != nil {
+			return false
+		}
+		for _, e := range resp.GetExecutions() {
+			d, err := h.client.DescribeWorkflowExecution(ctx(t), e.GetExecution().GetWorkflowId(), "")
+			if err != nil {
+				continue
+			}
+			for _, a := range d.GetPendingActivities() {
+				if f := a.GetLastFailure(); f != nil {
+					failure = f.String()
+					return true
+				}
+			}
+		}
+		return false
+	}, 2*time.Minute, 200*time.Millisecond)
+	require.NoError(t, h.client.TerminateWorkflow(ctx(t), run.GetID(), "", "test done"))
+	logs, err := os.ReadFile(h.logPath)
+	require.NoError(t, err)
+	require.Contains(t, failure, "open tunnel to")
+	for _, where := range []struct{ name, text string }{{"activity failure", failure}, {"worker log", string(logs)}} {
+		for _, secret := range []string{"X-Amz-", "Signature=", "Credential="} {
+			require.NotContains(t, where.text, secret, where.name)
+		}
+	}
+	record("endpoint mode: tunnel dial refused", "activity failed and is retried: "+firstLine(strings.TrimSpace(failure)),
+		"no X-Amz- parameter, signature or credential in the failure, the history or the worker log")
+}
