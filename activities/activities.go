@@ -36,7 +36,8 @@ type BoxAccess interface {
 type Store interface {
 	Workspace(ctx context.Context, id string) (store.Workspace, error)
 	RecordTracking(ctx context.Context, t store.Tracking) error
-	MarkRestartPending(ctx context.Context, workspaceID, pluginName string) error
+	MarkRestartPending(ctx context.Context, workspaceID, pluginName string) (time.Time, error)
+	UnmarkRestartPending(ctx context.Context, workspaceID, pluginName string, markedAt time.Time) error
 	SealRestartMark(ctx context.Context, workspaceID, pluginName, identity string) error
 	RestartState(ctx context.Context, workspaceID string) (store.RestartState, error)
 	IssueRestart(ctx context.Context, r store.Restart) (store.Restart, bool, error)
@@ -204,6 +205,7 @@ func (a *Activities) ProbeManifest(ctx context.Context, in ProbeInput) (Probe, e
 	if err := plugin.ValidateName(in.Plugin); err != nil {
 		return Probe{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
 	}
+	defer keepAlive(ctx)()
 	p, err := a.probe(ctx, in)
 	result := "error"
 	switch {
@@ -301,7 +303,8 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in DeliverInput) (Delive
 		return Delivery{}, classify(err, "deliver %s@%s", in.Plugin, in.Version)
 	}
 	t := in.Workspace.target()
-	if err := a.Store.MarkRestartPending(ctx, in.Workspace.ID, in.Plugin); err != nil {
+	markedAt, err := a.Store.MarkRestartPending(ctx, in.Workspace.ID, in.Plugin)
+	if err != nil {
 		return Delivery{}, err
 	}
 	inst, err := a.Box.Install(ctx, t, in.Plugin, in.Version, b.Data, func(sent int64) {
@@ -318,12 +321,18 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in DeliverInput) (Delive
 	if m, err := plugin.ParseManifest(data); err != nil || m.Name != in.Plugin || m.Version != in.Version {
 		return Delivery{}, fmt.Errorf("verify %s@%s on %s: manifest read back is %q (%v)", in.Plugin, in.Version, in.Workspace.InstanceID, data, err)
 	}
-	if inst.Changed {
-		if err := a.Store.SealRestartMark(ctx, in.Workspace.ID, in.Plugin, inst.Identity); err != nil {
+	if !inst.Changed {
+		// Nothing swapped: this attempt's mark owes nothing. (A swap by an
+		// earlier attempt left its own line in the box's journal.)
+		if err := a.Store.UnmarkRestartPending(ctx, in.Workspace.ID, in.Plugin, markedAt); err != nil {
 			return Delivery{}, err
 		}
-		activity.GetMetricsHandler(ctx).Counter("plugin_delivery_total").Inc(1)
+		return Delivery{Digest: b.Digest}, nil
 	}
+	if err := a.Store.SealRestartMark(ctx, in.Workspace.ID, in.Plugin, inst.Identity); err != nil {
+		return Delivery{}, err
+	}
+	activity.GetMetricsHandler(ctx).Counter("plugin_delivery_total").Inc(1)
 	return Delivery{Digest: b.Digest, Changed: inst.Changed}, nil
 }
 
@@ -334,6 +343,7 @@ type RestartFacts = restart.Facts
 // the store, and the runtime's identity and the journal from the box (one
 // command). Read-only.
 func (a *Activities) ReadRestartFacts(ctx context.Context, ws Workspace) (RestartFacts, error) {
+	defer keepAlive(ctx)()
 	f, err := restart.ReadFacts(ctx, a.ledger(ctx, ws.ID, ""), a.box(ws))
 	if err != nil {
 		return RestartFacts{}, classify(err, "read the restart state of %s", ws.InstanceID)

@@ -43,6 +43,17 @@ var (
 	}
 )
 
+// withBoxActivity is withActivity for a short box activity, which
+// heartbeats: a worker that dies during it is noticed in 20 s.
+func withBoxActivity(ctx workflow.Context, summary string, startToClose time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: startToClose,
+		HeartbeatTimeout:    20 * time.Second,
+		RetryPolicy:         boxRetry,
+		Summary:             summary,
+	})
+}
+
 func withActivity(ctx workflow.Context, summary string, startToClose time.Duration, retry *temporal.RetryPolicy) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: startToClose,
@@ -98,8 +109,11 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			pending = r.drain(declarations)
 		}
 		facts := activities.RestartFacts{}
-		delivered := r.count(ActionDelivered, ActionWouldDeliver) - r.deliveredBefore
-		fctx := withActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second, boxRetry)
+		// This round's deliveries (a plugin delivered again in a later
+		// round counts in that round too).
+		delivered := r.roundDelivered
+		r.roundDelivered = 0
+		fctx := withBoxActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second)
 		if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, ws).Get(ctx, &facts); err != nil {
 			if delivered > 0 || ctx.Err() != nil {
 				return r.fail(ctx, err)
@@ -171,7 +185,6 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			}
 		}
 		r.rounds = append(r.rounds, r.restart)
-		r.deliveredBefore += delivered
 		workflow.SetCurrentDetails(ctx, r.details())
 		// A declaration that arrived during the restart is reconciled now,
 		// in a round of its own, with its own restart decision.
@@ -337,14 +350,14 @@ func pluginNames(ps []Plugin) []string {
 
 // run is a reconcile's state.
 type run struct {
-	in              ReconcileInput
-	ws              activities.Workspace
-	order           []string
-	results         map[string]PluginResult
-	restart         RestartReport   // the current round's
-	rounds          []RestartReport // every finished round's
-	deliveredBefore int
-	cancel          bool
+	in             ReconcileInput
+	ws             activities.Workspace
+	order          []string
+	results        map[string]PluginResult
+	restart        RestartReport   // the current round's
+	rounds         []RestartReport // every finished round's
+	roundDelivered int             // deliveries (or, in a dry run, would-deliver) since the last decision
+	cancel         bool
 }
 
 // reconcile runs one child per plugin, at most MaxParallel at a time.
@@ -388,6 +401,9 @@ func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
 				}
 			}
 			r.results[p.Name] = res
+			if res.Action == ActionDelivered || res.Action == ActionWouldDeliver {
+				r.roundDelivered++
+			}
 			workflow.SetCurrentDetails(ctx, r.details())
 		})
 	}
@@ -561,8 +577,9 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 
 	var probe activities.Probe
 	// A probe is one short command on a shared connection; 45 s covers a
-	// fresh connection (20 s dial) and bounds the wait after a worker dies.
-	pctx := withActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second, boxRetry)
+	// fresh connection (20 s dial), and its heartbeat notices a dead worker
+	// in 20 s.
+	pctx := withBoxActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second)
 	if err := workflow.ExecuteActivity(pctx, a.ProbeManifest, activities.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
 		return res, err
 	}

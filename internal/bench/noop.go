@@ -33,9 +33,12 @@ func (noop) Workspace(_ context.Context, id string) (store.Workspace, error) {
 	return store.Workspace{ID: id, InstanceID: "i-0000000000000001", Region: "us-east-1", OSUser: "ubuntu",
 		PluginRoot: store.DefaultPluginRoot, Status: "active"}, nil
 }
-func (noop) RecordTracking(context.Context, store.Tracking) error          { return nil }
-func (noop) MarkRestartPending(context.Context, string, string) error      { return nil }
-func (noop) SealRestartMark(context.Context, string, string, string) error { return nil }
+func (noop) RecordTracking(context.Context, store.Tracking) error { return nil }
+func (noop) MarkRestartPending(context.Context, string, string) (time.Time, error) {
+	return time.Time{}, nil
+}
+func (noop) UnmarkRestartPending(context.Context, string, string, time.Time) error { return nil }
+func (noop) SealRestartMark(context.Context, string, string, string) error         { return nil }
 func (noop) RestartState(context.Context, string) (store.RestartState, error) {
 	return store.RestartState{}, nil
 }

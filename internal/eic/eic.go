@@ -107,6 +107,11 @@ type Config struct {
 	// configuration, never from workflow input.
 	RestartCommand  string
 	IdentityCommand string
+	// TokenGrace is how long the restart script waits for the effect of a
+	// token applied by a run of it that died mid-command before applying
+	// the token again; default 60 s (a systemd restart job carries on when
+	// its client dies).
+	TokenGrace time.Duration
 
 	// IdleTimeout closes a connection unused this long; default 2 min, so
 	// that a loaded worker whose deliveries come a while after the probes
@@ -167,6 +172,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 10 * time.Second
+	}
+	if c.TokenGrace == 0 {
+		c.TokenGrace = time.Minute
 	}
 	if c.KeepAliveTimeout == 0 {
 		c.KeepAliveTimeout = 15 * time.Second

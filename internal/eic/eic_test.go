@@ -621,8 +621,25 @@ func TestRestartScriptAppliesATokenOnceAndOnlyWhenOwed(t *testing.T) {
 	require.NoError(t, fleettest.CheckRestarts(forced), "the forced restart aside, every swap had exactly one: %v", events)
 }
 
+// A token whose script died before the command took effect (the token was
+// written, the runtime never restarted) is applied again after the grace:
+// the box is not wedged answering "already" for ever.
+func TestATokenLeftWithoutEffectIsAppliedAgain(t *testing.T) {
+	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.TokenGrace = time.Second })
+	_, err := e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", packPlugin(t, "github-tools", "2.0.0", nil), nil)
+	require.NoError(t, err)
+	id := e.box.Identity()
+	state := filepath.Join(e.box.PluginRoot, ".reconciler")
+	require.NoError(t, os.WriteFile(filepath.Join(state, "restart-token"), []byte("t1 "+id+"\n"), 0o644))
+	r, err := e.access.RestartRuntime(ctx(t), e.target, "t1", false)
+	require.NoError(t, err)
+	require.Equal(t, eic.RestartDone, r.Result)
+	require.Equal(t, 1, e.box.Restarts())
+	require.Equal(t, id, r.Before)
+}
+
 // A journal line the runtime has outlived (it restarted some other way) is
-// pruned; one it has not is kept.
+// pruned; one it has not is kept, and so is nothing unreadable.
 func TestPruneKeepsWhatIsOwed(t *testing.T) {
 	e := newEnv(t, eic.Direct, nil)
 	_, err := e.access.Install(ctx(t), e.target, "github-tools", "2.0.0", packPlugin(t, "github-tools", "2.0.0", nil), nil)
@@ -631,6 +648,11 @@ func TestPruneKeepsWhatIsOwed(t *testing.T) {
 	require.NoError(t, err, string(out))
 	_, err = e.access.Install(ctx(t), e.target, "code-review", "1.0.0", packPlugin(t, "code-review", "1.0.0", nil), nil)
 	require.NoError(t, err)
+	f, err := os.OpenFile(filepath.Join(e.box.PluginRoot, ".reconciler", "journal"), os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString("torn-line\n")
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
 	require.NoError(t, e.access.PruneJournal(ctx(t), e.target))
 	id, journal, err := e.access.ReadRestartState(ctx(t), e.target)
 	require.NoError(t, err)

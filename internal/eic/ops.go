@@ -152,7 +152,7 @@ func stateDir(t Target) string { return t.PluginRoot + "/.reconciler" }
 // same lines). It prints the identity it sealed the swap with.
 const installScript = `set -eu
 umask 022
-root=%s name=%s want=%s size=%d
+root=%s name=%s want=%s wantm=%s size=%d
 dst="$root/$name" stage="$root/.staging-$name" old="$root/.previous-$name" state="$root/.reconciler"
 mkdir -p "$root" "$state"
 exec 9>"$root/.$name.lock"
@@ -160,6 +160,13 @@ flock 9
 trap 'rm -rf "$stage" "$stage.tgz"' EXIT
 trap 'exit 70' HUP INT TERM
 trap '' PIPE
+# Under the plugin's lock: an attempt that ran meanwhile may have installed
+# this very bundle.
+if [ -d "$dst" ] && [ ! -L "$dst" ] && [ -f "$dst/.bundle-digest" ] && [ -f "$dst/plugin.yaml" ] && [ ! -L "$dst/plugin.yaml" ] \
+  && [ "$(head -c 100 "$dst/.bundle-digest")" = "$want" ]; then
+  m=$(sha256sum <"$dst/plugin.yaml"); m="sha256:${m%%%% *}"
+  if [ "$m" = "$wantm" ]; then cat >/dev/null; echo unchanged; exit 0; fi
+fi
 rm -rf "$stage" "$stage.tgz"
 head -c "$size" >"$stage.tgz"
 got=$(wc -c <"$stage.tgz")
@@ -169,7 +176,7 @@ if [ "$sum" != "$want" ]; then echo "digest mismatch: got $sum" >&2; exit 66; fi
 mkdir "$stage"
 tar -xzf "$stage.tgz" -C "$stage" --no-same-owner --no-same-permissions
 printf '%%s\n' "$want" >"$stage/.bundle-digest"
-ident() { sh -c %s </dev/null 2>/dev/null | head -n 1; }
+ident() { sh -c %s </dev/null 2>/dev/null 8>&- 9>&- | head -n 1; }
 exec 8>"$state/lock"
 flock -s 8
 trap '' HUP INT TERM
@@ -183,7 +190,10 @@ if ! mv "$stage" "$dst"; then
   if [ -d "$old" ]; then mv "$old" "$dst"; fi
   echo "swap failed" >&2; exit 67
 fi
-id=$(ident)
+# Sealed with the identity after the swap; if it cannot be read, with the
+# one before (nothing but a restart, which waits for this lock, changes it).
+after=$(ident) || after=
+[ -n "$after" ] && id=$after
 printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
 flock -u 8
 rm -rf "$old"
@@ -227,7 +237,7 @@ func (a *Access) Install(ctx context.Context, t Target, name, version string, da
 		return Installed{}, nil
 	}
 
-	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), len(data), quote(a.cfg.IdentityCommand))
+	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), quote(info.ManifestDigest), len(data), quote(a.cfg.IdentityCommand))
 	var in io.Reader = bytes.NewReader(data)
 	if progress != nil {
 		in = &progressReader{r: in, fn: progress}
@@ -236,7 +246,11 @@ func (a *Access) Install(ctx context.Context, t Target, name, version string, da
 	if err != nil {
 		return Installed{}, fmt.Errorf("install %s on %s: %w", name, t.InstanceID, err)
 	}
-	id, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "installed ")
+	answer := strings.TrimSpace(string(out))
+	if status == 0 && answer == "unchanged" {
+		return Installed{}, nil
+	}
+	id, ok := strings.CutPrefix(answer, "installed ")
 	if status != 0 || !ok {
 		return Installed{}, fmt.Errorf("install %s on %s: exit %d: %s", name, t.InstanceID, status, out)
 	}
@@ -320,34 +334,52 @@ const (
 // RestartReply is the restart script's answer.
 type RestartReply struct {
 	Result   RestartResult
+	Before   string // the runtime's identity the token was applied under
 	Identity string // the runtime's identity after
 	Status   int    // RestartFailed: the command's exit status
 	Message  string // RestartFailed: the start of its stderr
 }
 
 // restartScript is the restart protocol's steps (3) and (4) on the box.
-// Under the box lock, exclusive against swaps: a token already applied is
-// answered "already" (an attempt that timed out, a retry, a reset run all
-// send the token of the restart in flight); a journal that owes nothing
-// (no line sealed with the current identity) is answered "not-needed"
-// unless forced; otherwise the token is recorded, the configured command
-// restarts the runtime, and the journal is emptied. Hangups and closed
-// pipes are ignored: a worker that dies or is deployed away mid-restart
-// does not cut the restart short. A failed command removes the token, so
-// that the next attempt runs it again.
+// Under the box lock, exclusive against swaps:
+//   - a token applied before is answered "already" once the runtime's
+//     identity has moved on from the one it was applied under (an attempt
+//     that timed out, a retry, a reset run all send the token of the
+//     restart in flight); a token applied without a visible effect (the
+//     script died mid-command) is waited for (Config.TokenGrace), then
+//     applied again;
+//   - a journal that owes nothing (no line sealed with the current
+//     identity) is answered "not-needed", unless forced;
+//   - otherwise the token is recorded with the identity before, the
+//     configured command restarts the runtime, and the journal is emptied.
+//
+// Hangups and closed pipes are ignored: a worker that dies or is deployed
+// away mid-restart does not cut the restart short. A failed command
+// removes the token. Child commands do not inherit the lock's descriptor.
+// It answers three lines: the result, the identity before, the identity
+// after (or, on failure, "failed", the exit status, the stderr's start).
 const restartScript = `set -u
 umask 022
 trap '' HUP PIPE
-root=%s token=%s force=%d
+root=%s token=%s force=%d grace=%d
 state="$root/.reconciler"
 mkdir -p "$state" || exit 69
-exec 8>"$state/lock"
-flock 8
-ident() { sh -c %s </dev/null 2>/dev/null | head -n 1; }
+exec 8>"$state/lock" || exit 69
+flock 8 || exit 69
+ident() { sh -c %s </dev/null 2>/dev/null 8>&- | head -n 1; }
 cur=$(ident)
 if [ -z "$cur" ]; then echo "cannot read the runtime identity" >&2; exit 68; fi
-if [ -f "$state/restart-token" ] && [ "$(cat "$state/restart-token")" = "$token" ]; then echo "already $cur"; exit 0; fi
 owed=$force
+if [ -f "$state/restart-token" ]; then
+  t= before=
+  read -r t before <"$state/restart-token" || true
+  if [ "$t" = "$token" ]; then
+    n=0
+    while [ "$cur" = "$before" ] && [ "$n" -lt "$grace" ]; do sleep 1; n=$((n + 1)); cur=$(ident); done
+    if [ "$cur" != "$before" ]; then printf 'already\n%%s\n%%s\n' "$before" "$cur"; exit 0; fi
+    owed=1
+  fi
+fi
 if [ -f "$state/journal" ]; then
   while IFS= read -r line || [ -n "$line" ]; do
     [ -n "$line" ] || continue
@@ -355,17 +387,17 @@ if [ -f "$state/journal" ]; then
     if [ "$i" = "$line" ] || [ -z "$i" ] || [ "$i" = "$cur" ]; then owed=1; fi
   done <"$state/journal"
 fi
-if [ "$owed" != 1 ]; then echo "not-needed $cur"; exit 0; fi
-printf '%%s\n' "$token" >"$state/restart-token.new" && mv "$state/restart-token.new" "$state/restart-token" || exit 69
-sh -c %s </dev/null >/dev/null 2>"$state/restart.err"
+if [ "$owed" != 1 ]; then printf 'not-needed\n%%s\n%%s\n' "$cur" "$cur"; exit 0; fi
+printf '%%s %%s\n' "$token" "$cur" >"$state/restart-token.new" && mv "$state/restart-token.new" "$state/restart-token" || exit 69
+sh -c %s </dev/null >/dev/null 2>"$state/restart.err" 8>&-
 rc=$?
 if [ "$rc" -ne 0 ]; then
   rm -f "$state/restart-token"
-  printf 'failed %%d ' "$rc"; head -c 300 "$state/restart.err" | tr '\n' ' '; echo
+  printf 'failed\n%%d\n' "$rc"; head -c 300 "$state/restart.err" | tr '\n' ' '; echo
   exit 0
 fi
 : >"$state/journal"
-echo "restarted $(ident)"
+printf 'restarted\n%%s\n%%s\n' "$cur" "$(ident)"
 `
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9:/._@+-]{1,400}$`)
@@ -381,27 +413,29 @@ func (a *Access) RestartRuntime(ctx context.Context, t Target, token string, for
 	if force {
 		f = 1
 	}
-	script := fmt.Sprintf(restartScript, quote(t.PluginRoot), quote(token), f, quote(a.cfg.IdentityCommand), quote(a.cfg.RestartCommand))
+	script := fmt.Sprintf(restartScript, quote(t.PluginRoot), quote(token), f, int(a.cfg.TokenGrace.Seconds()), quote(a.cfg.IdentityCommand), quote(a.cfg.RestartCommand))
 	out, status, err := a.run(ctx, t, "sh -c "+quote(script), nil, 4<<10)
 	if err != nil {
 		return RestartReply{}, fmt.Errorf("restart runtime of %s: %w", t.InstanceID, err)
 	}
-	line := strings.TrimSpace(string(out))
-	word, rest, _ := strings.Cut(line, " ")
-	switch r := RestartResult(word); {
-	case status != 0:
-		return RestartReply{}, fmt.Errorf("restart runtime of %s: exit %d: %s", t.InstanceID, status, line)
-	case r == RestartDone || r == RestartAlready || r == RestartNotNeeded:
-		return RestartReply{Result: r, Identity: strings.TrimSpace(rest)}, nil
-	case r == RestartFailed:
-		code, msg, _ := strings.Cut(rest, " ")
-		n, err := strconv.Atoi(code)
-		if err != nil {
-			return RestartReply{}, fmt.Errorf("restart runtime of %s: unexpected answer %q", t.InstanceID, line)
-		}
-		return RestartReply{Result: r, Status: n, Message: strings.TrimSpace(msg)}, nil
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	for len(lines) < 3 {
+		lines = append(lines, "")
 	}
-	return RestartReply{}, fmt.Errorf("restart runtime of %s: unexpected answer %q", t.InstanceID, line)
+	r := RestartResult(lines[0])
+	switch {
+	case status != 0:
+		return RestartReply{}, fmt.Errorf("restart runtime of %s: exit %d: %s", t.InstanceID, status, strings.TrimSpace(string(out)))
+	case r == RestartDone || r == RestartAlready || r == RestartNotNeeded:
+		return RestartReply{Result: r, Before: strings.TrimSpace(lines[1]), Identity: strings.TrimSpace(lines[2])}, nil
+	case r == RestartFailed:
+		n, err := strconv.Atoi(lines[1])
+		if err != nil {
+			break
+		}
+		return RestartReply{Result: r, Status: n, Message: strings.TrimSpace(lines[2])}, nil
+	}
+	return RestartReply{}, fmt.Errorf("restart runtime of %s: unexpected answer %q", t.InstanceID, out)
 }
 
 // maxJournal bounds how much of the journal is read back; a journal cut
@@ -422,25 +456,29 @@ func (a *Access) ReadRestartState(ctx context.Context, t Target) (identity, jour
 		return "", "", fmt.Errorf("read restart state of %s: the runtime identity cannot be read (exit %d)", t.InstanceID, status)
 	}
 	identity, journal, _ = strings.Cut(string(out), "\n")
+	if len(journal) >= maxJournal {
+		journal += "\n(cut)" // a line without identity: owed, to be safe
+	}
 	return strings.TrimSpace(identity), journal, nil
 }
 
 // PruneJournal drops the journal lines the runtime has outlived: under the
-// box lock, those sealed with an identity other than the one it reads now
-// (lines without an identity stay: they are owed).
+// box lock, every line not sealed with the identity it reads now. Called
+// after a verified restart (a reboot) or when the decision found nothing
+// owed, so a line without an identity is settled too.
 func (a *Access) PruneJournal(ctx context.Context, t Target) error {
 	cmd := fmt.Sprintf(`set -eu
 state=%s
 [ -f "$state/journal" ] || exit 0
 exec 8>"$state/lock"
 flock 8
-cur=$(sh -c %s </dev/null 2>/dev/null | head -n 1)
+cur=$(sh -c %s </dev/null 2>/dev/null 8>&- | head -n 1)
 [ -n "$cur" ] || exit 68
 : >"$state/journal.new"
 while IFS= read -r line || [ -n "$line" ]; do
   [ -n "$line" ] || continue
   i=${line#* }
-  if [ "$i" = "$line" ] || [ -z "$i" ] || [ "$i" = "$cur" ]; then printf '%%s\n' "$line" >>"$state/journal.new"; fi
+  if [ "$i" != "$line" ] && [ "$i" = "$cur" ]; then printf '%%s\n' "$line" >>"$state/journal.new"; fi
 done <"$state/journal"
 mv "$state/journal.new" "$state/journal"`, quote(stateDir(t)), quote(a.cfg.IdentityCommand))
 	_, status, err := a.run(ctx, t, "sh -c "+quote(cmd), nil, 1024)

@@ -83,9 +83,10 @@ func TestDecide(t *testing.T) {
 
 type fakeBox struct {
 	mu       sync.Mutex
-	identity string
-	journal  []Entry
-	token    string
+	identity    string
+	journal     []Entry
+	token       string
+	tokenBefore string
 	restarts int
 	reboots  int
 	// rebootAfter: a reboot changes the identity this long after it is
@@ -117,7 +118,7 @@ func (b *fakeBox) RestartRuntime(_ context.Context, token string, force bool) (R
 	b.mu.Lock() // the box's exclusive lock
 	defer b.mu.Unlock()
 	if b.token == token {
-		return Reply{Result: Already, Identity: b.identity}, nil
+		return Reply{Result: Already, Before: b.tokenBefore, Identity: b.identity}, nil
 	}
 	f := Facts{JournalRead: true, Journal: b.journal, CurrentIdentity: b.identity}
 	if len(f.Owed()) == 0 && !force {
@@ -127,12 +128,12 @@ func (b *fakeBox) RestartRuntime(_ context.Context, token string, force bool) (R
 		b.failNext--
 		return Reply{Result: Failed, Status: b.failStatus, Message: "sudo: a password is required"}, nil
 	}
-	b.token = token
+	b.token, b.tokenBefore = token, b.identity
 	time.Sleep(5 * time.Millisecond) // a restart takes a while, under the lock
 	b.restarts++
 	b.newIdentity()
 	b.journal = nil
-	return Reply{Result: Restarted, Identity: b.identity}, nil
+	return Reply{Result: Restarted, Before: b.tokenBefore, Identity: b.identity}, nil
 }
 
 func (b *fakeBox) Reboot(context.Context) error {
@@ -200,6 +201,11 @@ func (l *fakeLedger) Issue(_ context.Context, in Issued, _ string) (Issued, bool
 	for _, r := range l.rows {
 		if !r.done {
 			return r.Issued, false, nil
+		}
+	}
+	for _, r := range l.rows {
+		if r.RestartID == in.RestartID {
+			return Issued{}, false, errors.New("restart id already used")
 		}
 	}
 	l.rows = append(l.rows, &row{Issued: in, at: l.now()})
@@ -343,4 +349,30 @@ func TestRunStopsRetryingACommandThatFails(t *testing.T) {
 			require.Equal(t, 1, box.restarts)
 		})
 	}
+}
+
+// A swap that lands while a restart runs (a delivery that outlived its
+// run) gets a restart of its own, in the same attempt, under its own id.
+func TestRunRestartsAgainForASwapDuringTheRestart(t *testing.T) {
+	box, ledger := newFakes()
+	box.swap("a")
+	late := &lateSwapBox{fakeBox: box}
+	res, err := Run(context.Background(), ledger, late, Request{RestartID: "x", Mode: ModeRuntime})
+	require.NoError(t, err)
+	require.Len(t, res.Restarts, 2)
+	require.Equal(t, []string{"x", "x.1"}, []string{res.Restarts[0].RestartID, res.Restarts[1].RestartID})
+	require.Equal(t, 2, box.restarts)
+	require.Len(t, ledger.rows, 2)
+}
+
+// lateSwapBox swaps a plugin right after its first restart.
+type lateSwapBox struct {
+	*fakeBox
+	once sync.Once
+}
+
+func (b *lateSwapBox) RestartRuntime(ctx context.Context, token string, force bool) (Reply, error) {
+	r, err := b.fakeBox.RestartRuntime(ctx, token, force)
+	b.once.Do(func() { b.swap("late") })
+	return r, err
 }

@@ -44,6 +44,7 @@ type BoxState struct {
 // Reply is the restart script's answer.
 type Reply struct {
 	Result   Outcome // Restarted, Already (the token was applied before), NotNeeded (the journal owed nothing)
+	Before   string  // the runtime's identity the token was applied under
 	Identity string  // the runtime's identity after
 	// Status and Message: the restart command failed (Result Failed).
 	Status  int
@@ -173,7 +174,7 @@ const MaxCommandAttempts = 3
 // for RebootGrace.
 func Run(ctx context.Context, l Ledger, b Box, req Request) (Result, error) {
 	var res Result
-	for range 4 {
+	for i := range 4 {
 		f, err := ReadFacts(ctx, l, b)
 		if err != nil {
 			return res, err
@@ -192,7 +193,13 @@ func Run(ctx context.Context, l Ledger, b Box, req Request) (Result, error) {
 		if f.InFlight != nil {
 			row = *f.InFlight
 		} else {
-			row, created, err = l.Issue(ctx, Issued{RestartID: req.RestartID, Mode: req.Mode, IdentityBefore: f.CurrentIdentity, Force: f.LegacyOwed()}, req.Reason)
+			// Each restart this attempt issues has an id of its own: a
+			// swap that landed during one gets the next.
+			id := req.RestartID
+			if i > 0 {
+				id = fmt.Sprintf("%s.%d", req.RestartID, i)
+			}
+			row, created, err = l.Issue(ctx, Issued{RestartID: id, Mode: req.Mode, IdentityBefore: f.CurrentIdentity, Force: f.LegacyOwed()}, req.Reason)
 			if err != nil {
 				return res, err
 			}
@@ -247,11 +254,18 @@ func restartRuntime(ctx context.Context, l Ledger, b Box, req Request, row Issue
 		}
 		return "", "", cerr
 	}
-	if reply.Identity != row.IdentityBefore {
+	// The identity the box applied the token under, not the row's: the
+	// runtime may have restarted for some other reason since the row was
+	// issued.
+	before := reply.Before
+	if before == "" {
+		before = row.IdentityBefore
+	}
+	if reply.Identity != before {
 		return reply.Result, reply.Identity, nil
 	}
 	// The command returned before the new runtime showed: wait for it.
-	after, err := waitForNewIdentity(ctx, b, row.IdentityBefore, 0, req.Tick)
+	after, err := waitForNewIdentity(ctx, b, before, 0, req.Tick)
 	return reply.Result, after, err
 }
 

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,15 +22,21 @@ import (
 const historiesDir = "../../workflows/testdata/histories"
 
 // TestRecordHistories records real histories of the shipped workflows for
-// the replay test. It runs only with RECORD_HISTORIES=1; regenerate them
-// when a change to workflow code is meant to be incompatible (and version
-// it with workflow.GetVersion instead whenever runs may be in flight).
+// the replay test. It runs only with RECORD_HISTORIES set, to "all" or to
+// the sets to record ("reconcile", "rounds", "sweep"), which replace their
+// own files and keep the others: re-record a set only when a change to
+// workflow code is meant to be incompatible with it (and version it with
+// workflow.GetVersion instead whenever runs may be in flight).
 func TestRecordHistories(t *testing.T) {
-	if os.Getenv("RECORD_HISTORIES") == "" {
-		t.Skip("set RECORD_HISTORIES=1 to re-record workflows/testdata/histories")
+	want := os.Getenv("RECORD_HISTORIES")
+	if want == "" {
+		t.Skip("set RECORD_HISTORIES=all (or a list of sets) to re-record workflows/testdata/histories")
 	}
 	s := servicetest.New(t)
 	index := map[string]string{} // file -> workflow ID, for the replayer
+	if data, err := os.ReadFile(filepath.Join(historiesDir, "executions.json")); err == nil {
+		require.NoError(t, json.Unmarshal(data, &index))
+	}
 	save := func(name, workflowID, runID string) {
 		index[name+".json"] = workflowID
 		var h historypb.History
@@ -53,23 +61,65 @@ func TestRecordHistories(t *testing.T) {
 		save(name, run.GetID(), run.GetRunID())
 		save(name+"-child", workflows.PluginWorkflowID(run.GetID(), plugins[0].Name), "")
 	}
+	sets := map[string]func(){
+		"reconcile": func() {
+			s.Box("ws-all-present", all())
+			record("all-present", "ws-all-present", declared, nil)
 
-	s.Box("ws-all-present", all())
-	record("all-present", "ws-all-present", declared, nil)
+			s.Box("ws-deliver", all("github-tools", "code-review"))
+			record("deliver-and-restart", "ws-deliver", declared, nil)
 
-	s.Box("ws-deliver", all("github-tools", "code-review"))
-	record("deliver-and-restart", "ws-deliver", declared, nil)
+			s.Box("ws-partial", all())
+			record("partial-failure", "ws-partial", append([]workflows.Plugin{{Name: "not-in-catalog", Version: "1.0.0"}}, declared...), nil)
 
-	s.Box("ws-partial", all())
-	record("partial-failure", "ws-partial", append([]workflows.Plugin{{Name: "not-in-catalog", Version: "1.0.0"}}, declared...), nil)
+			s.Box("ws-cancel", all("github-tools"))
+			record("cancel", "ws-cancel", declared, func(runID string) {
+				s.Fleet.AWS.SetFaults(fakeaws.Faults{Latency: 2 * time.Second})
+				time.Sleep(time.Second)
+				require.NoError(t, s.Client.CancelWorkflow(ctx(t), workflows.ReconcileWorkflowID("ws-cancel"), runID))
+			})
+			s.Fleet.AWS.SetFaults(fakeaws.Faults{})
+		},
+		// Two rounds: a declaration arrives during the first restart.
+		"rounds": func() {
+			box := s.Box("ws-rounds", all("code-review"))
+			require.NoError(t, box.SetRestartDelay(2*time.Second))
+			record("restart-rounds", "ws-rounds", declared, func(string) {
+				require.Eventually(t, box.Restarting, time.Minute, 5*time.Millisecond)
+				upgrade := append([]workflows.Plugin(nil), declared...)
+				upgrade[0].Version = "1.3.0"
+				_, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-rounds", Plugins: upgrade})
+				require.NoError(t, err)
+			})
+		},
+		// A sweep that paces restarts with permits and continues as new,
+		// and a dry-run sweep.
+		"sweep": func() {
+			boxes := fleetOf(t, s, "ws-hist", 3, func(int) bool { return true })
+			for _, b := range boxes {
+				require.NoError(t, b.SetRestartDelay(500*time.Millisecond))
+			}
+			run, err := workflows.StartSweep(ctx(t), s.Client, workflows.SweepInput{MaxConcurrency: 3, MaxRestartsInFlight: 1, PageSize: 2, MaxPerRun: 2})
+			require.NoError(t, err)
+			var rep workflows.SweepReport
+			require.NoError(t, s.Client.GetWorkflow(ctx(t), workflows.SweepWorkflowID, "").Get(ctx(t), &rep))
+			save("sweep-permits", workflows.SweepWorkflowID, run.GetRunID())
+			save("sweep-continued", workflows.SweepWorkflowID, "")
+			save("sweep-child", workflows.ReconcileWorkflowID("ws-hist-000"), "")
 
-	s.Box("ws-cancel", all("github-tools"))
-	record("cancel", "ws-cancel", declared, func(runID string) {
-		s.Fleet.AWS.SetFaults(fakeaws.Faults{Latency: 2 * time.Second})
-		time.Sleep(time.Second)
-		require.NoError(t, s.Client.CancelWorkflow(ctx(t), workflows.ReconcileWorkflowID("ws-cancel"), runID))
-	})
-	s.Fleet.AWS.SetFaults(fakeaws.Faults{})
+			plan, err := workflows.StartSweep(ctx(t), s.Client, workflows.SweepInput{DryRun: true})
+			require.NoError(t, err)
+			require.NoError(t, plan.Get(ctx(t), &rep))
+			// The sweep's ID is kept for the last run saved under it.
+			index["sweep-dry-run.json"] = workflows.SweepWorkflowID
+			save("sweep-dry-run", workflows.SweepWorkflowID, plan.GetRunID())
+		},
+	}
+	for _, name := range []string{"reconcile", "rounds", "sweep"} {
+		if want == "all" || slices.Contains(strings.Split(want, ","), name) {
+			sets[name]()
+		}
+	}
 	data, err := json.MarshalIndent(index, "", "  ")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(historiesDir, "executions.json"), data, 0o644))

@@ -73,6 +73,15 @@ func envInt(name string, def int) int {
 	return def
 }
 
+// envSetOr is the variable's value when it is set, even to "" (which
+// turns the setting off), else def.
+func envSetOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
@@ -94,7 +103,7 @@ func FromEnv() Config {
 		RestartCommand:  envOr("RESTART_COMMAND", eic.DefaultRestartCommand),
 		IdentityCommand: envOr("IDENTITY_COMMAND", eic.DefaultIdentityCommand),
 		MaxActivities:   envInt("MAX_CONCURRENT_ACTIVITIES", 64),
-		MetricsAddr:     envOr("METRICS_ADDR", "127.0.0.1:9464"),
+		MetricsAddr:     envSetOr("METRICS_ADDR", "127.0.0.1:9464"),
 		StopTimeout:     envDuration("WORKER_STOP_TIMEOUT", workflows.RestartAttemptTimeout),
 	}
 }

@@ -221,26 +221,64 @@ from workspace_plugins where workspace_id = $1 order by plugin_name`, workspaceI
 	return out, nil
 }
 
+// lockWorkspace takes the workspace's row lock: every transaction that
+// changes a workspace's marks or restarts takes it first, so that they
+// serialise per workspace in one order (no deadlock, and the pending time
+// is never cleared while a mark is being written).
+func lockWorkspace(ctx context.Context, tx pgx.Tx, workspaceID string) error {
+	_, err := tx.Exec(ctx, `select 1 from workspaces where id = $1 for update`, workspaceID)
+	return err
+}
+
 // MarkRestartPending records, before a delivery touches the box, that the
-// box may need a restart. The mark's identity is reset: until SealRestartMark
-// the swap counts as unverified. The mark is a hint since the box keeps a
-// journal (journaled): it makes the box be looked at, and shows as pending.
-func (s *Store) MarkRestartPending(ctx context.Context, workspaceID, pluginName string) error {
+// box may need a restart, and returns the mark's time. The mark's identity
+// is reset: until SealRestartMark the swap counts as unverified. The mark is
+// a hint since the box keeps a journal (journaled): it makes the box be
+// looked at, and shows as pending.
+func (s *Store) MarkRestartPending(ctx context.Context, workspaceID, pluginName string) (time.Time, error) {
+	var at time.Time
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
+		return at, fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	if err := lockWorkspace(ctx, tx, workspaceID); err != nil {
+		return at, fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
+	}
 	if _, err := tx.Exec(ctx, `
 update workspaces set restart_pending_since = coalesce(restart_pending_since, now()), updated_at = now()
 where id = $1`, workspaceID); err != nil {
-		return fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
+		return at, fmt.Errorf("mark restart pending for %s: %w", workspaceID, err)
+	}
+	if err := tx.QueryRow(ctx, `
+insert into restart_marks (workspace_id, plugin_name, journaled) values ($1, $2, true)
+on conflict (workspace_id, plugin_name) do update set marked_at = now(), identity_after = null, journaled = true
+returning marked_at`,
+		workspaceID, pluginName).Scan(&at); err != nil {
+		return at, fmt.Errorf("mark restart pending for %s/%s: %w", workspaceID, pluginName, err)
+	}
+	return at, tx.Commit(ctx)
+}
+
+// UnmarkRestartPending removes the mark made at markedAt by a delivery that
+// swapped nothing (the box held the bundle already): nothing is owed for
+// it. A mark written again since is kept.
+func (s *Store) UnmarkRestartPending(ctx context.Context, workspaceID, pluginName string, markedAt time.Time) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("unmark %s/%s: %w", workspaceID, pluginName, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := lockWorkspace(ctx, tx, workspaceID); err != nil {
+		return fmt.Errorf("unmark %s/%s: %w", workspaceID, pluginName, err)
 	}
 	if _, err := tx.Exec(ctx, `
-insert into restart_marks (workspace_id, plugin_name, journaled) values ($1, $2, true)
-on conflict (workspace_id, plugin_name) do update set marked_at = now(), identity_after = null, journaled = true`,
-		workspaceID, pluginName); err != nil {
-		return fmt.Errorf("mark restart pending for %s/%s: %w", workspaceID, pluginName, err)
+delete from restart_marks where workspace_id = $1 and plugin_name = $2 and marked_at = $3 and identity_after is null`,
+		workspaceID, pluginName, markedAt); err != nil {
+		return fmt.Errorf("unmark %s/%s: %w", workspaceID, pluginName, err)
+	}
+	if err := clearPendingIfNoMarks(ctx, tx, workspaceID); err != nil {
+		return err
 	}
 	return tx.Commit(ctx)
 }
@@ -255,15 +293,18 @@ func (s *Store) SealRestartMark(ctx context.Context, workspaceID, pluginName, id
 		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `
-insert into restart_marks (workspace_id, plugin_name, identity_after, journaled) values ($1, $2, $3, true)
-on conflict (workspace_id, plugin_name) do update set identity_after = excluded.identity_after`,
-		workspaceID, pluginName, identity); err != nil {
+	if err := lockWorkspace(ctx, tx, workspaceID); err != nil {
 		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
 	}
 	if _, err := tx.Exec(ctx, `
 update workspaces set restart_pending_since = coalesce(restart_pending_since, now()), updated_at = now()
 where id = $1 and restart_pending_since is null`, workspaceID); err != nil {
+		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
+	}
+	if _, err := tx.Exec(ctx, `
+insert into restart_marks (workspace_id, plugin_name, identity_after, journaled) values ($1, $2, $3, true)
+on conflict (workspace_id, plugin_name) do update set identity_after = excluded.identity_after`,
+		workspaceID, pluginName, identity); err != nil {
 		return fmt.Errorf("seal restart mark %s/%s: %w", workspaceID, pluginName, err)
 	}
 	return tx.Commit(ctx)
@@ -289,16 +330,21 @@ type RestartState struct {
 }
 
 // RestartState reads a workspace's pending restart, its marks and the
-// restart in flight.
+// restart in flight, from one snapshot (ReadAt is its time).
 func (s *Store) RestartState(ctx context.Context, workspaceID string) (RestartState, error) {
 	var st RestartState
-	if err := s.pool.QueryRow(ctx, `select restart_pending_since, now() from workspaces where id = $1`, workspaceID).Scan(&st.PendingSince, &st.ReadAt); err != nil {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return st, fmt.Errorf("restart state of %s: %w", workspaceID, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := tx.QueryRow(ctx, `select restart_pending_since, now() from workspaces where id = $1`, workspaceID).Scan(&st.PendingSince, &st.ReadAt); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return st, fmt.Errorf("workspace %s: %w", workspaceID, ErrNotFound)
 		}
 		return st, fmt.Errorf("restart state of %s: %w", workspaceID, err)
 	}
-	rows, err := s.pool.Query(ctx, `
+	rows, err := tx.Query(ctx, `
 select plugin_name, marked_at, coalesce(identity_after, ''), journaled from restart_marks where workspace_id = $1 order by plugin_name`, workspaceID)
 	if err != nil {
 		return st, fmt.Errorf("restart marks of %s: %w", workspaceID, err)
@@ -311,7 +357,7 @@ select plugin_name, marked_at, coalesce(identity_after, ''), journaled from rest
 	if err != nil {
 		return st, fmt.Errorf("restart marks of %s: %w", workspaceID, err)
 	}
-	rows, err = s.pool.Query(ctx, `select `+restartColumns+` from box_restarts where workspace_id = $1 and completed_at is null`, workspaceID)
+	rows, err = tx.Query(ctx, `select `+restartColumns+` from box_restarts where workspace_id = $1 and completed_at is null`, workspaceID)
 	if err != nil {
 		return st, fmt.Errorf("restart in flight of %s: %w", workspaceID, err)
 	}
@@ -322,7 +368,7 @@ select plugin_name, marked_at, coalesce(identity_after, ''), journaled from rest
 	if len(inFlight) > 0 {
 		st.InFlight = &inFlight[0]
 	}
-	return st, nil
+	return st, tx.Commit(ctx)
 }
 
 // Restart is one row of the restart ledger: one restart issued.
@@ -364,11 +410,12 @@ func (s *Store) IssueRestart(ctx context.Context, r Restart) (Restart, bool, err
 		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `select 1 from workspaces where id = $1 for update`, r.WorkspaceID); err != nil {
+	if err := lockWorkspace(ctx, tx, r.WorkspaceID); err != nil {
 		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
 	}
 	rows, err := tx.Query(ctx, `select `+restartColumns+` from box_restarts
-where (workspace_id = $1 and completed_at is null) or restart_id = $2`, r.WorkspaceID, r.RestartID)
+where (workspace_id = $1 and completed_at is null) or restart_id = $2
+order by completed_at nulls first`, r.WorkspaceID, r.RestartID)
 	if err != nil {
 		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
 	}
@@ -376,8 +423,12 @@ where (workspace_id = $1 and completed_at is null) or restart_id = $2`, r.Worksp
 	if err != nil {
 		return r, false, fmt.Errorf("issue restart of %s: %w", r.WorkspaceID, err)
 	}
-	if len(existing) > 0 {
+	if len(existing) > 0 && existing[0].CompletedAt == nil {
 		return existing[0], false, tx.Commit(ctx)
+	}
+	if len(existing) > 0 {
+		// A finished restart is never adopted: its token is spent.
+		return r, false, fmt.Errorf("issue restart of %s: restart id %s was issued and finished already", r.WorkspaceID, r.RestartID)
 	}
 	rows, err = tx.Query(ctx, `
 insert into box_restarts (restart_id, workspace_id, workflow_id, run_id, reason, mode, identity_before, force)
@@ -404,6 +455,9 @@ func (s *Store) CompleteRestart(ctx context.Context, workspaceID, restartID, ide
 		return fmt.Errorf("complete restart of %s: %w", workspaceID, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	if err := lockWorkspace(ctx, tx, workspaceID); err != nil {
+		return fmt.Errorf("complete restart of %s: %w", workspaceID, err)
+	}
 	var requested time.Time
 	err = tx.QueryRow(ctx, `
 update box_restarts set completed_at = coalesce(completed_at, now()),
@@ -439,16 +493,25 @@ func (s *Store) ClearRestartPending(ctx context.Context, workspaceID string, upT
 		return fmt.Errorf("clear restart pending of %s: %w", workspaceID, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	if err := lockWorkspace(ctx, tx, workspaceID); err != nil {
+		return fmt.Errorf("clear restart pending of %s: %w", workspaceID, err)
+	}
 	if err := clearMarks(ctx, tx, workspaceID, upTo); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)
 }
 
+// clearMarks deletes the marks made up to upTo (the caller holds the
+// workspace's lock) and clears the pending time when none is left.
 func clearMarks(ctx context.Context, tx pgx.Tx, workspaceID string, upTo time.Time) error {
 	if _, err := tx.Exec(ctx, `delete from restart_marks where workspace_id = $1 and marked_at <= $2`, workspaceID, upTo); err != nil {
 		return fmt.Errorf("clear restart marks of %s: %w", workspaceID, err)
 	}
+	return clearPendingIfNoMarks(ctx, tx, workspaceID)
+}
+
+func clearPendingIfNoMarks(ctx context.Context, tx pgx.Tx, workspaceID string) error {
 	if _, err := tx.Exec(ctx, `
 update workspaces set restart_pending_since = null, updated_at = now()
 where id = $1 and restart_pending_since is not null

@@ -119,7 +119,7 @@ func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
 	require.Equal(t, "ssh-ed25519 AAAA", w.HostKey)
 
 	// Moving to another instance drops what belonged to the old one.
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "gh"))
+	mark(t, s, "ws-1", "gh")
 	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef9", Region: "eu-west-1"}))
 	w, err = s.Workspace(ctx(t), "ws-1")
 	require.NoError(t, err)
@@ -190,8 +190,8 @@ func TestRestartMarksAndLedger(t *testing.T) {
 	s := open(t)
 	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
 
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "b"))
+	mark(t, s, "ws-1", "a")
+	mark(t, s, "ws-1", "b")
 	require.NoError(t, s.SealRestartMark(ctx(t), "ws-1", "a", "id-1"))
 	st, err := s.RestartState(ctx(t), "ws-1")
 	require.NoError(t, err)
@@ -202,7 +202,7 @@ func TestRestartMarksAndLedger(t *testing.T) {
 	since := *st.PendingSince
 
 	// Marking again keeps the first pending time and unseals the mark.
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	mark(t, s, "ws-1", "a")
 	st, err = s.RestartState(ctx(t), "ws-1")
 	require.NoError(t, err)
 	require.Equal(t, since, *st.PendingSince)
@@ -281,7 +281,7 @@ func TestIssueRestartIsOnePerWorkspaceUnderRaces(t *testing.T) {
 func TestSealAfterAClearWritesTheMarkAgain(t *testing.T) {
 	s := open(t)
 	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	mark(t, s, "ws-1", "a")
 	st, err := s.RestartState(ctx(t), "ws-1")
 	require.NoError(t, err)
 	require.True(t, st.Marks[0].Journaled)
@@ -297,12 +297,12 @@ func TestSealAfterAClearWritesTheMarkAgain(t *testing.T) {
 func TestClearKeepsMarksMadeAfterTheCutoff(t *testing.T) {
 	s := open(t)
 	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "a"))
+	mark(t, s, "ws-1", "a")
 	st, err := s.RestartState(ctx(t), "ws-1")
 	require.NoError(t, err)
 	cutoff := st.Marks[0].MarkedAt
 	time.Sleep(10 * time.Millisecond)
-	require.NoError(t, s.MarkRestartPending(ctx(t), "ws-1", "b"))
+	mark(t, s, "ws-1", "b")
 
 	require.NoError(t, s.ClearRestartPending(ctx(t), "ws-1", cutoff))
 	st, err = s.RestartState(ctx(t), "ws-1")
@@ -310,4 +310,43 @@ func TestClearKeepsMarksMadeAfterTheCutoff(t *testing.T) {
 	require.NotNil(t, st.PendingSince, "b still needs its restart")
 	require.Len(t, st.Marks, 1)
 	require.Equal(t, "b", st.Marks[0].PluginName)
+}
+
+func mark(t *testing.T, s *store.Store, ws, plugin string) time.Time {
+	t.Helper()
+	at, err := s.MarkRestartPending(ctx(t), ws, plugin)
+	require.NoError(t, err)
+	return at
+}
+
+// A delivery that swapped nothing takes its own mark back, and only its own.
+func TestUnmarkRemovesOnlyTheMarkItMade(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	first := mark(t, s, "ws-1", "a")
+	time.Sleep(5 * time.Millisecond)
+	second := mark(t, s, "ws-1", "a") // another attempt marked again
+	require.NoError(t, s.UnmarkRestartPending(ctx(t), "ws-1", "a", first))
+	st, err := s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Len(t, st.Marks, 1, "a later attempt's mark stays")
+	require.NoError(t, s.UnmarkRestartPending(ctx(t), "ws-1", "a", second))
+	st, err = s.RestartState(ctx(t), "ws-1")
+	require.NoError(t, err)
+	require.Empty(t, st.Marks)
+	require.Nil(t, st.PendingSince)
+}
+
+// A finished restart's id is spent: issuing it again is an error, not an
+// adoption.
+func TestAFinishedRestartIsNotIssuedAgain(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-1", "i-0123456789abcdef0")
+	r := store.Restart{RestartID: "x", WorkspaceID: "ws-1", WorkflowID: "w", RunID: "r", Reason: "x", Mode: "runtime", IdentityBefore: "id-1"}
+	_, created, err := s.IssueRestart(ctx(t), r)
+	require.NoError(t, err)
+	require.True(t, created)
+	require.NoError(t, s.CompleteRestart(ctx(t), "ws-1", "x", "id-2", "restarted"))
+	_, _, err = s.IssueRestart(ctx(t), r)
+	require.ErrorContains(t, err, "finished already")
 }
