@@ -131,8 +131,9 @@ type harness struct {
 	catDir   string
 	cat      *catalog.Catalog
 	client   client.Client
-	worker   *exec.Cmd
-	workerWG *sync.WaitGroup
+	workerMu sync.Mutex
+	workers  []*workerProc // serving
+	draining []*workerProc // sent SIGTERM, not yet exited
 	logPath  string
 }
 
@@ -201,8 +202,15 @@ func (h *harness) restartTemporal(down time.Duration) {
 	h.startTemporal()
 }
 
-// startWorker runs the real worker binary, configured only through the
-// environment, as a deployment would; extra settings override the fleet's.
+// workerProc is one worker process.
+type workerProc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited
+}
+
+// startWorker runs one more real worker binary, configured only through
+// the environment, as a deployment would; extra settings override the
+// fleet's.
 func (h *harness) startWorker(extra ...string) {
 	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(h.t, err)
@@ -216,35 +224,55 @@ func (h *harness) startWorker(extra ...string) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	require.NoError(h.t, cmd.Start())
 	logf.Close()
-	wg := &sync.WaitGroup{}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = cmd.Wait() }()
-	h.worker, h.workerWG = cmd, wg
+	w := &workerProc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(w.done) }()
+	h.workerMu.Lock()
+	h.workers = append(h.workers, w)
+	h.workerMu.Unlock()
 }
 
-// stopWorker sends the worker SIGTERM, as a deploy does, and returns at
-// once; done is closed when the process has exited.
+// stopWorker sends every serving worker SIGTERM, as a deploy does, and
+// returns at once; done is closed when they have all exited (they drain
+// first).
 func (h *harness) stopWorker() (done chan struct{}) {
-	done = make(chan struct{})
-	if h.worker == nil {
-		close(done)
-		return done
+	h.workerMu.Lock()
+	stopping := h.workers
+	h.workers = nil
+	h.draining = append(h.draining, stopping...)
+	h.workerMu.Unlock()
+	for _, w := range stopping {
+		_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	}
-	_ = h.worker.Process.Signal(syscall.SIGTERM)
-	wg := h.workerWG
-	go func() { wg.Wait(); close(done) }()
-	h.worker = nil
+	done = make(chan struct{})
+	go func() {
+		for _, w := range stopping {
+			<-w.done
+		}
+		close(done)
+	}()
 	return done
 }
 
-// killWorker SIGKILLs the worker: no drain, no cleanup, as a crash.
+// killWorker SIGKILLs every worker, draining ones included: no drain, no
+// cleanup, as a crash.
 func (h *harness) killWorker() {
-	if h.worker == nil {
-		return
+	h.workerMu.Lock()
+	all := append(h.workers, h.draining...)
+	h.workers, h.draining = nil, nil
+	h.workerMu.Unlock()
+	for _, w := range all {
+		_ = syscall.Kill(-w.cmd.Process.Pid, syscall.SIGKILL)
 	}
-	_ = syscall.Kill(-h.worker.Process.Pid, syscall.SIGKILL)
-	h.workerWG.Wait()
-	h.worker = nil
+	for _, w := range all {
+		<-w.done
+	}
+}
+
+// serving is how many workers are started and not stopped.
+func (h *harness) serving() int {
+	h.workerMu.Lock()
+	defer h.workerMu.Unlock()
+	return len(h.workers)
 }
 
 // box boots a box with the given plugins boot-installed and registers its

@@ -1,0 +1,520 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/workflowservice/v1"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/devserver"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
+	"github.com/plugin-reconciler/plugin-reconciler/workflows"
+)
+
+// The interleaving checker, in the spirit of Jepsen and FoundationDB's
+// simulation tests: a seed makes a schedule (boxes, then timed events that
+// mix triggers, narrower and newer declarations, worker SIGKILLs and
+// SIGTERM deploys, resets to a random earlier point, terminate-then-retry,
+// cancels, slow and failing restarts, Postgres and sshd outages); the
+// schedule runs against the real stack (embedded Temporal, a private
+// Postgres, sshd boxes, the worker as a process); when it has settled and
+// a last trigger has declared what the schedule declared in all, the
+// invariants are checked from the boxes' own record and the store:
+//
+//   - every change swapped onto a box is followed by exactly one restart
+//     of its runtime, and no restart follows no change;
+//   - nothing is pending: no mark, no restart in flight, no journal line
+//     the running runtime has not loaded;
+//   - tracking rows equal what is on the boxes, at the declared versions.
+//
+// CHECKER_SCHEDULES sets how many schedules run (seeds 1..N, plus the
+// regression seeds), CHECKER_SEEDS runs the given seeds only, and
+// CHECKER_LANES runs that many independent stacks side by side (each its
+// own Temporal, Postgres, worker and fleet, so a seed's schedule never
+// meets another's). A failing schedule prints its seed and its events.
+
+// regressionSeeds are schedules that found a defect; they always run.
+var regressionSeeds = []uint64{}
+
+var checkerPlugins = []string{"github-tools", "mcp-postgres", "code-review", "slack-notify"}
+
+// checkerVersions are published for every checker plugin, oldest first.
+var checkerVersions = []string{"9.1.0", "9.2.0", "9.3.0"}
+
+type eventKind string
+
+const (
+	evTrigger     eventKind = "trigger"
+	evKill        eventKind = "worker-sigkill"
+	evDeploy      eventKind = "worker-sigterm-deploy"
+	evReset       eventKind = "reset"
+	evTermRetry   eventKind = "terminate-then-retry"
+	evCancel      eventKind = "cancel"
+	evSlowRestart eventKind = "slow-restart"
+	evFailRestart eventKind = "failing-restart"
+	evPGOutage    eventKind = "postgres-outage"
+	evSSHDOutage  eventKind = "sshd-outage"
+)
+
+var allKinds = []eventKind{evTrigger, evKill, evDeploy, evReset, evTermRetry, evCancel, evSlowRestart, evFailRestart, evPGOutage, evSSHDOutage}
+
+type event struct {
+	At      time.Duration
+	Kind    eventKind
+	WS      int
+	Plugins []workflows.Plugin // trigger: the declaration
+	D       time.Duration      // outages, slow restarts, the worker's time down
+	N       int                // failing restarts: how many; reset: which workflow task
+}
+
+func (e event) String() string {
+	s := fmt.Sprintf("+%5dms %-22s", e.At.Milliseconds(), e.Kind)
+	switch e.Kind {
+	case evTrigger:
+		var ps []string
+		for _, p := range e.Plugins {
+			ps = append(ps, p.String())
+		}
+		s += fmt.Sprintf(" ws%d %s", e.WS, strings.Join(ps, ","))
+	case evReset:
+		s += fmt.Sprintf(" ws%d to workflow task #%d", e.WS, e.N)
+	case evTermRetry, evCancel:
+		s += fmt.Sprintf(" ws%d", e.WS)
+	case evSlowRestart:
+		s += fmt.Sprintf(" ws%d %s", e.WS, e.D)
+	case evFailRestart:
+		s += fmt.Sprintf(" ws%d next %d", e.WS, e.N)
+	case evSSHDOutage:
+		s += fmt.Sprintf(" ws%d %s", e.WS, e.D)
+	case evKill, evPGOutage:
+		s += " " + e.D.String()
+	}
+	return s
+}
+
+type schedule struct {
+	Seed   uint64
+	Boot   []map[string]string
+	Events []event
+}
+
+// generate makes seed's schedule: the same seed, the same schedule.
+func generate(seed uint64) schedule {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	s := schedule{Seed: seed}
+	const boxes = 3
+	declared := make([]map[string]int, boxes) // plugin -> version index
+	for i := range boxes {
+		boot := map[string]string{}
+		for _, p := range checkerPlugins {
+			if rng.IntN(2) == 0 {
+				boot[p] = checkerVersions[0]
+			}
+		}
+		s.Boot = append(s.Boot, boot)
+		declared[i] = map[string]int{}
+	}
+	declare := func(ws int, newer bool) []workflows.Plugin {
+		var out []workflows.Plugin
+		for _, p := range checkerPlugins {
+			if rng.IntN(3) == 0 && len(out) > 0 {
+				continue // narrower
+			}
+			v := rng.IntN(2)
+			if cur, ok := declared[ws][p]; ok {
+				v = cur
+				if newer && rng.IntN(2) == 0 && v+1 < len(checkerVersions) {
+					v++
+				}
+			}
+			declared[ws][p] = v
+			out = append(out, workflows.Plugin{Name: p, Version: checkerVersions[v]})
+		}
+		return out
+	}
+	for ws := range boxes {
+		s.Events = append(s.Events, event{At: time.Duration(rng.IntN(300)) * time.Millisecond, Kind: evTrigger, WS: ws, Plugins: declare(ws, false)})
+	}
+	weights := map[eventKind]int{evTrigger: 26, evKill: 8, evDeploy: 8, evReset: 10, evTermRetry: 8, evCancel: 6, evSlowRestart: 12, evFailRestart: 8, evPGOutage: 5, evSSHDOutage: 9}
+	total := 0
+	for _, k := range allKinds {
+		total += weights[k]
+	}
+	n := 6 + rng.IntN(8)
+	for range n {
+		e := event{At: time.Duration(200+rng.IntN(6000)) * time.Millisecond, WS: rng.IntN(boxes)}
+		pick := rng.IntN(total)
+		for _, k := range allKinds {
+			if pick < weights[k] {
+				e.Kind = k
+				break
+			}
+			pick -= weights[k]
+		}
+		switch e.Kind {
+		case evTrigger:
+			e.Plugins = declare(e.WS, true)
+		case evKill:
+			e.D = time.Duration(100+rng.IntN(900)) * time.Millisecond
+		case evReset:
+			e.N = rng.IntN(40)
+		case evSlowRestart:
+			e.D = time.Duration(500+rng.IntN(3500)) * time.Millisecond
+		case evFailRestart:
+			e.N = 1 + rng.IntN(3)
+		case evPGOutage, evSSHDOutage:
+			e.D = time.Duration(1000+rng.IntN(3000)) * time.Millisecond
+		}
+		s.Events = append(s.Events, e)
+	}
+	sort.SliceStable(s.Events, func(i, j int) bool { return s.Events[i].At < s.Events[j].At })
+	return s
+}
+
+// desired is what the schedule declared for each workspace in all: its
+// declarations folded in order (a later version wins, nothing is removed).
+func (s schedule) desired() [][]workflows.Plugin {
+	decls := make([][][]workflows.Plugin, len(s.Boot))
+	for _, e := range s.Events {
+		if e.Kind == evTrigger {
+			decls[e.WS] = append(decls[e.WS], e.Plugins)
+		}
+	}
+	out := make([][]workflows.Plugin, len(s.Boot))
+	for i, d := range decls {
+		out[i] = workflows.Fold(d...)
+	}
+	return out
+}
+
+// checkerStats are the figures the report gives.
+type checkerStats struct {
+	mu         sync.Mutex
+	schedules  int
+	events     map[eventKind]int
+	invariants int
+	failures   []string
+}
+
+var stats = &checkerStats{events: map[eventKind]int{}}
+
+func (c *checkerStats) add(events []event, invariants int, failure string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.schedules++
+	for _, e := range events {
+		c.events[e.Kind]++
+	}
+	c.invariants += invariants
+	if failure != "" {
+		c.failures = append(c.failures, failure)
+	}
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+func checkerSeeds() []uint64 {
+	if v := os.Getenv("CHECKER_SEEDS"); v != "" {
+		var out []uint64
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err == nil {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	seeds := append([]uint64(nil), regressionSeeds...)
+	for s := uint64(1); s <= uint64(envInt("CHECKER_SCHEDULES", 3)); s++ {
+		if !slices.Contains(seeds, s) {
+			seeds = append(seeds, s)
+		}
+	}
+	return seeds
+}
+
+func TestInterleavings(t *testing.T) {
+	seeds := checkerSeeds()
+	lanes := min(envInt("CHECKER_LANES", 1), len(seeds))
+	queue := make(chan uint64, len(seeds))
+	for _, s := range seeds {
+		queue <- s
+	}
+	close(queue)
+	for lane := range lanes {
+		t.Run(fmt.Sprintf("lane%d", lane), func(t *testing.T) {
+			if lanes > 1 {
+				t.Parallel()
+			}
+			h := newHarness(t)
+			for _, p := range checkerPlugins {
+				for _, v := range checkerVersions {
+					require.NoError(t, catalog.Publish(h.catDir, p, v, map[string]string{"bin/run": "#!/bin/sh\necho " + p + " " + v + "\n"}))
+				}
+			}
+			for seed := range queue {
+				runSchedule(t, h, generate(seed))
+			}
+		})
+	}
+}
+
+// lane is one schedule's run on a harness.
+type lane struct {
+	t      *testing.T
+	h      *harness
+	s      schedule
+	ws     []string
+	boxes  []*fleet.Box
+	timers sync.WaitGroup
+	pgMu   sync.Mutex
+}
+
+func runSchedule(t *testing.T, h *harness, s schedule) {
+	l := &lane{t: t, h: h, s: s}
+	for i, boot := range s.Boot {
+		ws := fmt.Sprintf("seed%d-ws%d", s.Seed, i)
+		l.ws = append(l.ws, ws)
+		l.boxes = append(l.boxes, h.box(ws, boot))
+	}
+	start := time.Now()
+	for _, e := range s.Events {
+		time.Sleep(time.Until(start.Add(e.At)))
+		l.do(e)
+	}
+	failure := l.settleAndCheck()
+	invariants := 3 * len(l.boxes)
+	if failure != "" {
+		var b strings.Builder
+		fmt.Fprintf(&b, "seed %d:\n  %s\n  events:\n", s.Seed, failure)
+		for _, e := range s.Events {
+			fmt.Fprintf(&b, "    %s\n", e)
+		}
+		for i, box := range l.boxes {
+			evs, _ := box.Events()
+			fmt.Fprintf(&b, "  ws%d box record: %v\n", i, evs)
+		}
+		failure = b.String()
+		t.Errorf("interleaving schedule failed (rerun with CHECKER_SEEDS=%d):\n%s", s.Seed, failure)
+	}
+	stats.add(s.Events, invariants, failure)
+	for _, b := range l.boxes {
+		b.StopSSHD() // keeps a long run's process count flat
+	}
+}
+
+func (l *lane) do(e event) {
+	h, ws := l.h, l.ws[e.WS]
+	box := l.boxes[e.WS]
+	c := ctx(l.t)
+	switch e.Kind {
+	case evTrigger:
+		_, _ = workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: e.Plugins})
+	case evKill:
+		h.killWorker()
+		l.after(e.D, func() { h.startWorker() })
+	case evDeploy:
+		old := h.stopWorker()
+		h.startWorker()
+		_ = old // it drains and exits on its own
+	case evReset:
+		l.reset(ws, e.N)
+	case evTermRetry:
+		_ = h.client.TerminateWorkflow(c, workflows.ReconcileWorkflowID(ws), "", "checker: terminate then retry")
+		if in, err := workflows.RetryInput(c, h.client, ws); err == nil {
+			_, _ = workflows.Start(c, h.client, in)
+		}
+	case evCancel:
+		_ = h.client.CancelWorkflow(c, workflows.ReconcileWorkflowID(ws), "")
+	case evSlowRestart:
+		require.NoError(l.t, box.SetRestartDelay(e.D))
+	case evFailRestart:
+		require.NoError(l.t, box.FailRestarts(e.N, 1))
+	case evPGOutage:
+		l.pgMu.Lock()
+		port, dir := h.pg.Port, h.pg.Dir
+		h.pg.Stop()
+		l.after(e.D, func() {
+			defer l.pgMu.Unlock()
+			pg, err := pgcluster.Start(ctx(l.t), dir, port)
+			require.NoError(l.t, err)
+			h.pg = pg
+		})
+	case evSSHDOutage:
+		box.StopSSHD()
+		l.after(e.D, func() { require.NoError(l.t, box.StartSSHD()) })
+	}
+}
+
+// after runs fn in d, counted: the schedule settles only when it has run.
+func (l *lane) after(d time.Duration, fn func()) {
+	l.timers.Add(1)
+	time.AfterFunc(d, func() { defer l.timers.Done(); fn() })
+}
+
+// reset resets the workspace's latest run to one of its completed
+// workflow tasks (the n-th, modulo how many there are), reapplying the
+// signals after it.
+func (l *lane) reset(ws string, n int) {
+	c := ctx(l.t)
+	id := workflows.ReconcileWorkflowID(ws)
+	d, err := l.h.client.DescribeWorkflowExecution(c, id, "")
+	if err != nil {
+		return
+	}
+	runID := d.GetWorkflowExecutionInfo().GetExecution().GetRunId()
+	var points []int64
+	iter := l.h.client.GetWorkflowHistory(c, id, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for iter.HasNext() {
+		ev, err := iter.Next()
+		if err != nil {
+			return
+		}
+		if ev.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED {
+			points = append(points, ev.GetEventId())
+		}
+	}
+	if len(points) == 0 {
+		return
+	}
+	_, _ = l.h.client.ResetWorkflowExecution(c, &workflowservice.ResetWorkflowExecutionRequest{
+		Namespace:                 devserver.Namespace,
+		WorkflowExecution:         &commonpb.WorkflowExecution{WorkflowId: id, RunId: runID},
+		Reason:                    "checker: reset to an earlier point",
+		WorkflowTaskFinishEventId: points[n%len(points)],
+		RequestId:                 fmt.Sprintf("checker-%s-%d", runID, n),
+		ResetReapplyType:          enumspb.RESET_REAPPLY_TYPE_SIGNAL,
+	})
+}
+
+// settleAndCheck ends the schedule's faults, lets what runs finish, makes
+// a last trigger of everything declared, and checks the invariants. It
+// returns the first broken one, or "".
+func (l *lane) settleAndCheck() string {
+	h := l.h
+	l.timers.Wait()
+	for _, b := range l.boxes {
+		require.NoError(l.t, b.SetRestartDelay(0))
+		require.NoError(l.t, b.FailRestarts(0, 1))
+	}
+	if h.serving() == 0 {
+		h.startWorker()
+	}
+	c, cancel := context.WithTimeout(ctx(l.t), 6*time.Minute)
+	defer cancel()
+	// Everything of this schedule's workspaces has ended: the reconciles
+	// and their plugin children (a new run must not meet a closing child).
+	for _, ws := range l.ws {
+		ids := []string{workflows.ReconcileWorkflowID(ws)}
+		for _, p := range checkerPlugins {
+			ids = append(ids, workflows.PluginWorkflowID(workflows.ReconcileWorkflowID(ws), p))
+		}
+		for _, id := range ids {
+			for {
+				d, err := h.client.DescribeWorkflowExecution(c, id, "")
+				if err != nil && c.Err() == nil && !strings.Contains(err.Error(), "not found") {
+					time.Sleep(200 * time.Millisecond)
+					continue
+				}
+				if err != nil || d.GetWorkflowExecutionInfo().GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+					break
+				}
+				if c.Err() != nil {
+					return fmt.Sprintf("%s still running after 6 minutes", id)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+	}
+	desired := l.s.desired()
+	for i, ws := range l.ws {
+		run, err := workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: desired[i]})
+		if err != nil {
+			return fmt.Sprintf("ws%d: last trigger: %v", i, err)
+		}
+		if _, err := workflows.Result(c, run); err != nil {
+			return fmt.Sprintf("ws%d: the last reconcile failed: %v", i, err)
+		}
+	}
+	for i, ws := range l.ws {
+		if msg := l.check(ws, l.boxes[i], desired[i]); msg != "" {
+			return fmt.Sprintf("ws%d: %s", i, msg)
+		}
+	}
+	return ""
+}
+
+// check judges one workspace: the restart promise from the box's record,
+// nothing pending, and rows equal to the box at the declared versions.
+func (l *lane) check(ws string, box *fleet.Box, desired []workflows.Plugin) string {
+	c := ctx(l.t)
+	events, err := box.Events()
+	if err != nil {
+		return err.Error()
+	}
+	if err := fleettest.CheckRestarts(events); err != nil {
+		return "restart promise: " + err.Error()
+	}
+	st, err := l.h.store.RestartState(c, ws)
+	if err != nil {
+		return err.Error()
+	}
+	if st.PendingSince != nil || len(st.Marks) > 0 || st.InFlight != nil {
+		return fmt.Sprintf("pending: since %v, %d marks, in flight %v", st.PendingSince, len(st.Marks), st.InFlight)
+	}
+	journal, _ := os.ReadFile(filepath.Join(box.PluginRoot, ".reconciler", "journal"))
+	current := box.Identity()
+	for _, e := range restart.ParseJournal(string(journal)) {
+		if e.Identity == "" || e.Identity == current {
+			return fmt.Sprintf("pending on the box: journal line %q owes a restart", e.Plugin+" "+e.Identity)
+		}
+	}
+	rows, err := l.h.store.TrackingRows(c, ws)
+	if err != nil {
+		return err.Error()
+	}
+	tracked := map[string]string{}
+	for _, r := range rows {
+		tracked[r.PluginName] = r.Version
+	}
+	if len(tracked) != len(desired) {
+		return fmt.Sprintf("tracking rows %v, declared %v", tracked, desired)
+	}
+	for _, p := range desired {
+		data, err := os.ReadFile(box.ManifestPath(p.Name))
+		if err != nil {
+			return fmt.Sprintf("%s is not on the box", p.Name)
+		}
+		m, err := plugin.ParseManifest(data)
+		if err != nil || m.Version != p.Version {
+			return fmt.Sprintf("%s on the box is %q, declared %s", p.Name, m.Version, p.Version)
+		}
+		if tracked[p.Name] != p.Version {
+			return fmt.Sprintf("%s tracked at %q, declared %s", p.Name, tracked[p.Name], p.Version)
+		}
+	}
+	return ""
+}
