@@ -82,13 +82,13 @@ func TestDecide(t *testing.T) {
 // and a record of the runtime's restarts.
 
 type fakeBox struct {
-	mu       sync.Mutex
+	mu          sync.Mutex
 	identity    string
 	journal     []Entry
 	token       string
 	tokenBefore string
-	restarts int
-	reboots  int
+	restarts    int
+	reboots     int
 	// rebootAfter: a reboot changes the identity this long after it is
 	// asked for; unreachable says whether the box answers meanwhile.
 	rebootAfter time.Duration
