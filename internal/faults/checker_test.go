@@ -317,6 +317,13 @@ func runSchedule(t *testing.T, h *harness, s schedule) {
 			evs, _ := box.Events()
 			fmt.Fprintf(&b, "  ws%d box record: %v\n", i, evs)
 		}
+		if dir := os.Getenv("CHECKER_KEEP_LOGS"); dir != "" {
+			data, _ := os.ReadFile(h.logPath)
+			p := filepath.Join(dir, fmt.Sprintf("checker-seed-%d-worker.log", s.Seed))
+			if os.WriteFile(p, data, 0o644) == nil {
+				fmt.Fprintf(&b, "  worker log: %s\n", p)
+			}
+		}
 		failure = b.String()
 		t.Errorf("interleaving schedule failed (rerun with CHECKER_SEEDS=%d):\n%s", s.Seed, failure)
 	}

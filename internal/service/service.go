@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
@@ -159,13 +160,21 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 		return nil, err
 	}
 	if cfg.Migrate {
-		v, err := migrations.Apply(ctx, cfg.DatabaseURL)
+		var v int32
+		err := waitForDatabase(ctx, logger, func() (err error) {
+			v, err = migrations.Apply(ctx, cfg.DatabaseURL)
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
 		logger.Info("database schema ready", "version", v)
 	}
-	st, err := store.Open(ctx, cfg.DatabaseURL)
+	var st *store.Store
+	err := waitForDatabase(ctx, logger, func() (err error) {
+		st, err = store.Open(ctx, cfg.DatabaseURL)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -206,6 +215,33 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 		Metrics:    m,
 		cfg:        cfg,
 	}, nil
+}
+
+// DatabaseWait is how long a starting worker waits for Postgres to
+// answer: a worker deployed while the database restarts waits for it
+// instead of exiting (and leaving no worker, once the old ones drained).
+const DatabaseWait = 5 * time.Minute
+
+// waitForDatabase runs fn until it succeeds, retrying while Postgres does
+// not answer (a refused or cut connection), for up to DatabaseWait. An
+// answer that is an error (a wrong password, a missing database) is final.
+func waitForDatabase(ctx context.Context, logger *slog.Logger, fn func() error) error {
+	deadline := time.Now().Add(DatabaseWait)
+	wait := 500 * time.Millisecond
+	for {
+		err := fn()
+		var pgErr *pgconn.PgError
+		if err == nil || errors.As(err, &pgErr) || time.Now().After(deadline) {
+			return err
+		}
+		logger.Warn("waiting for the database", "error", err.Error(), "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
 }
 
 // Register registers the workflows and activities on a worker.
