@@ -28,8 +28,8 @@ test: deps ## run every test: unit, integration, end to end (starts what they ne
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 45m $(PKGS)
 
-test-faults: deps ## run the full fault suite (20 worker-crash trials) and write docs/faults.md from what it saw
-	FAULTS_TRIALS=20 FAULTS_REPORT=$(CURDIR)/docs/faults.md $(GO) test -count=1 -timeout 80m -v ./internal/faults/
+test-faults: deps ## run the full fault suite (20 worker-crash trials, 200 interleaving schedules) and write docs/faults.md
+	FAULTS_TRIALS=20 CHECKER_SCHEDULES=200 CHECKER_LANES=2 FAULTS_REPORT=$(CURDIR)/docs/faults.md $(GO) test -count=1 -timeout 180m -v ./internal/faults/
 
 test-short: ## run the tests that start no external processes
 	$(GO) test -count=1 -short $(PKGS)

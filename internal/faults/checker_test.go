@@ -51,8 +51,14 @@ import (
 // own Temporal, Postgres, worker and fleet, so a seed's schedule never
 // meets another's). A failing schedule prints its seed and its events.
 
-// regressionSeeds are schedules that found a defect; they always run.
-var regressionSeeds = []uint64{}
+// regressions are schedules that found a defect (fixed since); they
+// always run.
+var regressions = []struct {
+	seed  uint64
+	found string
+}{
+	{1, "a deploy during a Postgres outage: the new worker exited at start (its migration could not connect) while the old one drained away, leaving no worker; a starting worker now waits for Postgres"},
+}
 
 var checkerPlugins = []string{"github-tools", "mcp-postgres", "code-review", "slack-notify"}
 
@@ -247,7 +253,10 @@ func checkerSeeds() []uint64 {
 		}
 		return out
 	}
-	seeds := append([]uint64(nil), regressionSeeds...)
+	var seeds []uint64
+	for _, r := range regressions {
+		seeds = append(seeds, r.seed)
+	}
 	for s := uint64(1); s <= uint64(envInt("CHECKER_SCHEDULES", 3)); s++ {
 		if !slices.Contains(seeds, s) {
 			seeds = append(seeds, s)
@@ -524,4 +533,31 @@ func (l *lane) check(ws string, box *fleet.Box, desired []workflows.Plugin) stri
 		}
 	}
 	return ""
+}
+
+// write appends the checker's figures to the report.
+func (c *checkerStats) write(b *strings.Builder) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.schedules == 0 {
+		return
+	}
+	total := 0
+	for _, n := range c.events {
+		total += n
+	}
+	fmt.Fprintf(b, "\n## Interleaving checker\n\n%d seeded schedules (`CHECKER_SCHEDULES=%s`, `CHECKER_LANES=%s`, and the regression seeds), %d events, %d invariants checked (3 per workspace: the restart promise from the box's own record, nothing pending in the store or the box's journal, rows equal to the box at the declared versions), %d failed. A schedule is rerun alone with `CHECKER_SEEDS=<seed>`.\n\n",
+		c.schedules, os.Getenv("CHECKER_SCHEDULES"), os.Getenv("CHECKER_LANES"), total, c.invariants, len(c.failures))
+	b.WriteString("Regression seeds (defects the checker found, fixed since):\n\n")
+	for _, r := range regressions {
+		fmt.Fprintf(b, "- seed %d: %s\n", r.seed, r.found)
+	}
+	b.WriteString("\n")
+	b.WriteString("| event | count |\n|---|---|\n")
+	for _, k := range allKinds {
+		fmt.Fprintf(b, "| %s | %d |\n", k, c.events[k])
+	}
+	for _, f := range c.failures {
+		fmt.Fprintf(b, "\n```\n%s```\n", f)
+	}
 }

@@ -82,6 +82,7 @@ func writeReport(path string) error {
 	for _, r := range report {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", esc(r.Fault), esc(r.Happened), esc(r.Checked))
 	}
+	stats.write(&b)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
