@@ -213,21 +213,37 @@ func (s schedule) desired() [][]workflows.Plugin {
 
 // checkerStats are the figures the report gives.
 type checkerStats struct {
-	mu         sync.Mutex
-	schedules  int
-	events     map[eventKind]int
-	invariants int
-	failures   []string
+	mu              sync.Mutex
+	schedules       int
+	events          map[eventKind]int
+	acted           map[eventKind]int // events that found something to act on
+	invariants      int
+	swaps, restarts int
+	failures        []string
 }
 
-var stats = &checkerStats{events: map[eventKind]int{}}
+var stats = &checkerStats{events: map[eventKind]int{}, acted: map[eventKind]int{}}
 
-func (c *checkerStats) add(events []event, invariants int, failure string) {
+func (c *checkerStats) add(events []event, acted map[eventKind]int, boxes []*fleet.Box, invariants int, failure string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.schedules++
 	for _, e := range events {
 		c.events[e.Kind]++
+	}
+	for k, n := range acted {
+		c.acted[k] += n
+	}
+	for _, b := range boxes {
+		evs, _ := b.Events()
+		for _, e := range evs {
+			switch e.Kind {
+			case fleet.Restart:
+				c.restarts++
+			default:
+				c.swaps++
+			}
+		}
 	}
 	c.invariants += invariants
 	if failure != "" {
@@ -300,10 +316,11 @@ type lane struct {
 	boxes  []*fleet.Box
 	timers sync.WaitGroup
 	pgMu   sync.Mutex
+	acted  map[eventKind]int
 }
 
 func runSchedule(t *testing.T, h *harness, s schedule) {
-	l := &lane{t: t, h: h, s: s}
+	l := &lane{t: t, h: h, s: s, acted: map[eventKind]int{}}
 	for i, boot := range s.Boot {
 		ws := fmt.Sprintf("seed%d-ws%d", s.Seed, i)
 		l.ws = append(l.ws, ws)
@@ -336,7 +353,7 @@ func runSchedule(t *testing.T, h *harness, s schedule) {
 		failure = b.String()
 		t.Errorf("interleaving schedule failed (rerun with CHECKER_SEEDS=%d):\n%s", s.Seed, failure)
 	}
-	stats.add(s.Events, invariants, failure)
+	stats.add(s.Events, l.acted, l.boxes, invariants, failure)
 	for _, b := range l.boxes {
 		b.StopSSHD() // keeps a long run's process count flat
 	}
@@ -346,9 +363,16 @@ func (l *lane) do(e event) {
 	h, ws := l.h, l.ws[e.WS]
 	box := l.boxes[e.WS]
 	c := ctx(l.t)
+	ok := true
+	defer func() {
+		if ok {
+			l.acted[e.Kind]++
+		}
+	}()
 	switch e.Kind {
 	case evTrigger:
-		_, _ = workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: e.Plugins})
+		_, err := workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: e.Plugins})
+		ok = err == nil
 	case evKill:
 		h.killWorker()
 		l.after(e.D, func() { h.startWorker() })
@@ -357,14 +381,14 @@ func (l *lane) do(e event) {
 		h.startWorker()
 		_ = old // it drains and exits on its own
 	case evReset:
-		l.reset(ws, e.N)
+		ok = l.reset(ws, e.N)
 	case evTermRetry:
-		_ = h.client.TerminateWorkflow(c, workflows.ReconcileWorkflowID(ws), "", "checker: terminate then retry")
+		ok = h.client.TerminateWorkflow(c, workflows.ReconcileWorkflowID(ws), "", "checker: terminate then retry") == nil
 		if in, err := workflows.RetryInput(c, h.client, ws); err == nil {
 			_, _ = workflows.Start(c, h.client, in)
 		}
 	case evCancel:
-		_ = h.client.CancelWorkflow(c, workflows.ReconcileWorkflowID(ws), "")
+		ok = h.client.CancelWorkflow(c, workflows.ReconcileWorkflowID(ws), "") == nil
 	case evSlowRestart:
 		require.NoError(l.t, box.SetRestartDelay(e.D))
 	case evFailRestart:
@@ -394,12 +418,12 @@ func (l *lane) after(d time.Duration, fn func()) {
 // reset resets the workspace's latest run to one of its completed
 // workflow tasks (the n-th, modulo how many there are), reapplying the
 // signals after it.
-func (l *lane) reset(ws string, n int) {
+func (l *lane) reset(ws string, n int) bool {
 	c := ctx(l.t)
 	id := workflows.ReconcileWorkflowID(ws)
 	d, err := l.h.client.DescribeWorkflowExecution(c, id, "")
 	if err != nil {
-		return
+		return false
 	}
 	runID := d.GetWorkflowExecutionInfo().GetExecution().GetRunId()
 	var points []int64
@@ -407,16 +431,16 @@ func (l *lane) reset(ws string, n int) {
 	for iter.HasNext() {
 		ev, err := iter.Next()
 		if err != nil {
-			return
+			return false
 		}
 		if ev.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED {
 			points = append(points, ev.GetEventId())
 		}
 	}
 	if len(points) == 0 {
-		return
+		return false
 	}
-	_, _ = l.h.client.ResetWorkflowExecution(c, &workflowservice.ResetWorkflowExecutionRequest{
+	_, err = l.h.client.ResetWorkflowExecution(c, &workflowservice.ResetWorkflowExecutionRequest{
 		Namespace:                 devserver.Namespace,
 		WorkflowExecution:         &commonpb.WorkflowExecution{WorkflowId: id, RunId: runID},
 		Reason:                    "checker: reset to an earlier point",
@@ -424,6 +448,7 @@ func (l *lane) reset(ws string, n int) {
 		RequestId:                 fmt.Sprintf("checker-%s-%d", runID, n),
 		ResetReapplyType:          enumspb.RESET_REAPPLY_TYPE_SIGNAL,
 	})
+	return err == nil
 }
 
 // settleAndCheck ends the schedule's faults, lets what runs finish, makes
@@ -553,9 +578,10 @@ func (c *checkerStats) write(b *strings.Builder) {
 		fmt.Fprintf(b, "- seed %d: %s\n", r.seed, r.found)
 	}
 	b.WriteString("\n")
-	b.WriteString("| event | count |\n|---|---|\n")
+	fmt.Fprintf(b, "The boxes recorded %d changes (swaps and the renames that make them) and %d runtime restarts; every one was judged.\n\n", c.swaps, c.restarts)
+	b.WriteString("| event | scheduled | acted (a run to reset, cancel or terminate was there) |\n|---|---|---|\n")
 	for _, k := range allKinds {
-		fmt.Fprintf(b, "| %s | %d |\n", k, c.events[k])
+		fmt.Fprintf(b, "| %s | %d | %d |\n", k, c.events[k], c.acted[k])
 	}
 	for _, f := range c.failures {
 		fmt.Fprintf(b, "\n```\n%s```\n", f)
