@@ -383,3 +383,37 @@ func TestLargeDeclarationsKeepSearchAttributesSmall(t *testing.T) {
 	}
 	require.LessOrEqual(t, encoded, searchValueBudget)
 }
+
+// A permit the sweep grants after a round's wait has timed out is not
+// taken by the next round as its own: each round waits for the permit of
+// its own request.
+func TestALatePermitIsNotTakenByTheNextRound(t *testing.T) {
+	box := allOnBox()
+	delete(box, "a")
+	m := newModel(box)
+	m.restartTakes = time.Minute
+	var restartsAtGrant int
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), RestartGate: "sweep-1"}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.OnSignalExternalWorkflow(mock.Anything, "sweep-1", "", SignalPermitRequest, mock.Anything).Return(nil)
+		env.OnSignalExternalWorkflow(mock.Anything, "sweep-1", "", SignalPermitRelease, mock.Anything).Return(nil)
+		// Round 1 waits permitWait for a permit that does not come, then
+		// restarts anyway (a minute). During that restart the sweep's late
+		// grant for round 1 arrives, and a declaration makes round 2.
+		late := permitWait + 30*time.Second
+		env.RegisterDelayedCallback(func() {
+			env.SignalWorkflow(SignalPermit, PermitRequest{WorkflowID: "default-test-workflow-id", Seq: 1})
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{"b", "2.0.0", ""}}})
+		}, late)
+		// Round 2's own permit comes ten minutes later.
+		env.RegisterDelayedCallback(func() {
+			m.mu.Lock()
+			restartsAtGrant = m.restarts
+			m.mu.Unlock()
+			env.SignalWorkflow(SignalPermit, PermitRequest{WorkflowID: "default-test-workflow-id", Seq: 2})
+		}, late+10*time.Minute)
+	})
+	require.NoError(t, err)
+	require.Equal(t, 2, m.restarts)
+	require.Equal(t, 1, restartsAtGrant, "round 2 waited for its own permit")
+	require.Len(t, res.Restarts, 2)
+}

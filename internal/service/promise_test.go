@@ -334,3 +334,30 @@ func TestDeclaredDigestMustMatchTheCatalog(t *testing.T) {
 func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx(t), d)
 }
+
+// A restart command that cannot work (missing: exit 127) fails the run at
+// once, naming it, instead of being retried for two hours; the restart
+// stays owed, and is done once the box is mended.
+func TestRestartCommandThatCannotWorkFailsFast(t *testing.T) {
+	s := servicetest.New(t)
+	box := s.Box("ws-127", all("code-review"))
+	require.NoError(t, box.FailRestarts(100, 127))
+	run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-127", Plugins: declared})
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = workflows.Result(ctx(t), run)
+	require.ErrorContains(t, err, "RestartFailed")
+	require.ErrorContains(t, err, "exited 127")
+	require.Less(t, time.Since(start), 30*time.Second, "not retried for hours")
+	require.Equal(t, 0, box.Restarts())
+	w, err := s.Service.Store.Workspace(ctx(t), "ws-127")
+	require.NoError(t, err)
+	require.NotNil(t, w.RestartPendingSince, "the restart stays owed")
+
+	require.NoError(t, box.FailRestarts(0, 0))
+	again := s.Reconcile("ws-127", declared)
+	require.True(t, again.Restart.Done)
+	require.Equal(t, 1, box.Restarts())
+	requirePromise(t, box)
+	requireNothingPending(t, s, "ws-127")
+}
