@@ -40,6 +40,11 @@ func TestArgumentErrorsNameWhatIsWrong(t *testing.T) {
 		{[]string{"migrate", "--database-url", ""}, "DATABASE_URL"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"schedule"}, "--every is required"},
+		// Each command takes only its own flags.
+		{[]string{"status", "--workspace", "ws", "--every", "6h"}, "flag provided but not defined: -every"},
+		{[]string{"migrate", "--plugin", "a@1"}, "flag provided but not defined: -plugin"},
+		{[]string{"cancel", "--workspace", "ws", "--reason", "x"}, "flag provided but not defined: -reason"},
+		{[]string{"list", "extra"}, `unexpected argument "extra"`},
 	}
 	for _, tt := range tests {
 		_, err := runCmd(t, tt.args...)
