@@ -39,7 +39,7 @@ lint: ## go vet and gofmt check
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 demo: deps ## run the scenario on the embedded stack (Temporal + Web UI, Postgres, simulated fleet); DEMO_FLAGS=--once to exit after the report
-	$(GO) run ./internal/demo $(DEMO_FLAGS)
+	$(GO) run ./internal/cmd/demo $(DEMO_FLAGS)
 
 worker: ## run the worker against the Temporal and Postgres of your environment (TEMPORAL_ADDRESS, DATABASE_URL, ...)
 	$(GO) run ./worker
@@ -47,5 +47,5 @@ worker: ## run the worker against the Temporal and Postgres of your environment 
 # adaptivestackstart: the embedded server's SQLite runs deep stacks on fresh
 # goroutines; without it ~9 % of the server's CPU went to growing stacks.
 bench: deps ## fleet-scale benchmark on the real stack (ours, naive, floors); writes docs/benchmarks.md; BENCH_FLAGS=-workspaces=20 for a quick one
-	GODEBUG=adaptivestackstart=1 $(GO) run ./internal/bench $(BENCH_FLAGS)
+	GODEBUG=adaptivestackstart=1 $(GO) run ./internal/cmd/bench $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/bundle/
