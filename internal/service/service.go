@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -222,16 +223,16 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 // instead of exiting (and leaving no worker, once the old ones drained).
 const DatabaseWait = 5 * time.Minute
 
-// waitForDatabase runs fn until it succeeds, retrying while Postgres does
-// not answer (a refused or cut connection), for up to DatabaseWait. An
-// answer that is an error (a wrong password, a missing database) is final.
+// waitForDatabase runs fn until it succeeds, retrying while Postgres is
+// not there (a refused or cut connection, a server starting up or shutting
+// down, out of connections), for up to DatabaseWait. Any other answer (a
+// wrong password, a missing database) is final.
 func waitForDatabase(ctx context.Context, logger *slog.Logger, fn func() error) error {
 	deadline := time.Now().Add(DatabaseWait)
 	wait := 500 * time.Millisecond
 	for {
 		err := fn()
-		var pgErr *pgconn.PgError
-		if err == nil || errors.As(err, &pgErr) || time.Now().After(deadline) {
+		if err == nil || !databaseAway(err) || time.Now().After(deadline) {
 			return err
 		}
 		logger.Warn("waiting for the database", "error", err.Error(), "retry_in", wait.String())
@@ -242,6 +243,24 @@ func waitForDatabase(ctx context.Context, logger *slog.Logger, fn func() error) 
 		}
 		wait = min(2*wait, 10*time.Second)
 	}
+}
+
+// databaseAway reports whether err says Postgres is not (yet, or any
+// more) there, rather than refusing us.
+func databaseAway(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return true // no answer from a server at all
+	}
+	switch {
+	case strings.HasPrefix(pgErr.Code, "08"): // connection exception
+		return true
+	case pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03": // shutting down, crashed, starting up
+		return true
+	case pgErr.Code == "53300": // too many connections
+		return true
+	}
+	return false
 }
 
 // Register registers the workflows and activities on a worker.
