@@ -16,7 +16,7 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // TaskQueue is the task queue the reconciler's workers poll.
@@ -45,16 +45,9 @@ func PlanWorkflowID(workspaceID string) string { return "reconcile-plan:" + work
 // PluginWorkflowID is the deterministic ID of a plugin's child workflow.
 func PluginWorkflowID(parentID, pluginName string) string { return parentID + "/plugin:" + pluginName }
 
-// Plugin is a declared plugin.
-type Plugin struct {
-	Name    string
-	Version string
-	// Digest is optional: when both it and the box's manifest carry one,
-	// they must match for the plugin to count as present.
-	Digest string `json:",omitempty"`
-}
-
-func (p Plugin) String() string { return p.Name + "@" + p.Version }
+// Plugin is a declared plugin: Name, Version and, optionally, the Digest
+// of its bundle.
+type Plugin = reconcile.Plugin
 
 // ReconcileInput is ReconcileWorkspace's input.
 type ReconcileInput struct {
@@ -97,10 +90,10 @@ func validatePlugins(ps []Plugin) error {
 	}
 	seen := map[string]bool{}
 	for i, p := range ps {
-		if err := plugin.ValidateName(p.Name); err != nil {
+		if err := reconcile.ValidateName(p.Name); err != nil {
 			return fmt.Errorf("Plugins[%d].Name: %w", i, err)
 		}
-		if err := plugin.ValidateVersion(p.Version); err != nil {
+		if err := reconcile.ValidateVersion(p.Version); err != nil {
 			return fmt.Errorf("Plugins[%d].Version (%s): %w", i, p.Name, err)
 		}
 		if seen[p.Name] {
@@ -112,17 +105,17 @@ func validatePlugins(ps []Plugin) error {
 }
 
 // Action is what a reconcile did (or, in a dry run, would do) with a plugin.
-type Action string
+type Action = reconcile.Action
 
 // Actions.
 const (
-	ActionRecorded     Action = "recorded"      // on the box: tracking row written
-	ActionDelivered    Action = "delivered"     // delivered, then tracking row written
-	ActionFailed       Action = "failed"        // failed after its retries
-	ActionWouldRecord  Action = "would-record"  // dry run
-	ActionWouldDeliver Action = "would-deliver" // dry run
-	ActionPending      Action = "pending"       // not finished yet (status query)
-	ActionCancelled    Action = "cancelled"     // the reconcile was cancelled first
+	ActionRecorded     = reconcile.ActionRecorded     // on the box: tracking row written
+	ActionDelivered    = reconcile.ActionDelivered    // delivered, then tracking row written
+	ActionFailed       = reconcile.ActionFailed       // failed after its retries
+	ActionWouldRecord  = reconcile.ActionWouldRecord  // dry run
+	ActionWouldDeliver = reconcile.ActionWouldDeliver // dry run
+	ActionPending      = reconcile.ActionPending      // not finished yet (status query)
+	ActionCancelled    = reconcile.ActionCancelled    // the reconcile was cancelled first
 )
 
 // PluginResult is one plugin's outcome.
@@ -131,8 +124,10 @@ type PluginResult struct {
 	Version string
 	Action  Action
 	Reason  string
-	Digest  string `json:",omitempty"`
-	Error   string `json:",omitempty"`
+	// Verdict is the probe's verdict, from which Reason is worded.
+	Verdict reconcile.Verdict `json:",omitempty"`
+	Digest  string            `json:",omitempty"`
+	Error   string            `json:",omitempty"`
 }
 
 // RestartReport says whether the box was restarted, and why.
@@ -216,13 +211,13 @@ var (
 
 // Outcomes, the values of SearchOutcome.
 const (
-	OutcomeRunning      = "running"
-	OutcomeRecordedOnly = "recorded-only"
-	OutcomeDelivered    = "delivered" // delivered, no restart needed
-	OutcomeRestarted    = "restarted"
-	OutcomeFailed       = "failed"
-	OutcomeDryRun       = "dry-run"
-	OutcomeCancelled    = "cancelled"
+	OutcomeRunning      = reconcile.OutcomeRunning
+	OutcomeRecordedOnly = reconcile.OutcomeRecordedOnly
+	OutcomeDelivered    = reconcile.OutcomeDelivered // delivered, no restart needed
+	OutcomeRestarted    = reconcile.OutcomeRestarted
+	OutcomeFailed       = reconcile.OutcomeFailed
+	OutcomeDryRun       = reconcile.OutcomeDryRun
+	OutcomeCancelled    = reconcile.OutcomeCancelled
 )
 
 // SearchAttributes are the custom search attributes a namespace needs

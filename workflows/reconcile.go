@@ -11,20 +11,16 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/plugin-reconciler/plugin-reconciler/activities"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
-
-// a is only used to name activity methods; workflows never call it.
-var a *activities.Activities
 
 // Retry policies. Permanent failures are listed as non-retryable so that a
 // wrong host key or a stopped box fails at once with its named error.
 var (
 	permanent = []string{
-		activities.ErrInvalidInput, activities.ErrUnknownWorkspace, activities.ErrUnknownPlugin,
-		activities.ErrHostKeyMismatch, activities.ErrInstanceNotRunning, activities.ErrUnknownInstance,
-		activities.ErrBundleRejected, activities.ErrDigestMismatch,
+		reconcile.ErrInvalidInput, reconcile.ErrUnknownWorkspace, reconcile.ErrUnknownPlugin,
+		reconcile.ErrHostKeyMismatch, reconcile.ErrInstanceNotRunning, reconcile.ErrUnknownInstance,
+		reconcile.ErrBundleRejected, reconcile.ErrDigestMismatch,
 	}
 	boxRetry = &temporal.RetryPolicy{
 		InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: 30 * time.Second,
@@ -39,7 +35,7 @@ var (
 	// activity says so after a few attempts).
 	restartRetry = &temporal.RetryPolicy{
 		InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 2 * time.Minute,
-		NonRetryableErrorTypes: []string{activities.ErrHostKeyMismatch, activities.ErrUnknownInstance, activities.ErrInstanceNotRunning, activities.ErrRestartFailed},
+		NonRetryableErrorTypes: []string{reconcile.ErrHostKeyMismatch, reconcile.ErrUnknownInstance, reconcile.ErrInstanceNotRunning, reconcile.ErrRestartFailed},
 	}
 )
 
@@ -68,7 +64,7 @@ func withActivity(ctx workflow.Context, summary string, startToClose time.Durati
 // durable state and run it.
 func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResult, error) {
 	if err := in.Validate(); err != nil {
-		return ReconcileResult{}, temporal.NewNonRetryableApplicationError("invalid input: "+err.Error(), activities.ErrInvalidInput, nil)
+		return ReconcileResult{}, temporal.NewNonRetryableApplicationError("invalid input: "+err.Error(), reconcile.ErrInvalidInput, nil)
 	}
 	logger := workflow.GetLogger(ctx)
 	r := &run{in: in, results: map[string]PluginResult{}}
@@ -84,9 +80,9 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		return ReconcileResult{}, err
 	}
 
-	var ws activities.Workspace
+	var ws reconcile.Box
 	lctx := withActivity(ctx, "load workspace "+in.WorkspaceID, 30*time.Second, storeRetry)
-	if err := workflow.ExecuteActivity(lctx, a.LoadWorkspace, in.WorkspaceID).Get(ctx, &ws); err != nil {
+	if err := workflow.ExecuteActivity(lctx, reconcile.ActivityLoadWorkspace, in.WorkspaceID).Get(ctx, &ws); err != nil {
 		_ = r.search(ctx, SearchOutcome.ValueSet(OutcomeFailed))
 		return ReconcileResult{}, err
 	}
@@ -108,13 +104,13 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			}
 			pending = r.drain(declarations)
 		}
-		facts := activities.RestartFacts{}
+		facts := reconcile.RestartFacts{}
 		// This round's deliveries (a plugin delivered again in a later
 		// round counts in that round too).
 		delivered := r.roundDelivered
 		r.roundDelivered = 0
 		fctx := withBoxActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second)
-		if err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, ws).Get(ctx, &facts); err != nil {
+		if err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, ws).Get(ctx, &facts); err != nil {
 			if delivered > 0 || ctx.Err() != nil {
 				return r.fail(ctx, err)
 			}
@@ -125,7 +121,7 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			r.rounds = append(r.rounds, r.restart)
 			break
 		}
-		d := restart.Decide(restart.Round{Delivered: delivered, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: in.DryRun}, facts)
+		d := reconcile.DecideRestart(reconcile.RestartRound{Delivered: delivered, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: in.DryRun}, facts)
 		r.restart = RestartReport{Needed: d.Restart(), Reason: d.Reason}
 		logger.Info("restart decision", "workspace", ws.ID, "restart", d.Restart(), "reason", d.Reason)
 		workflow.SetCurrentDetails(ctx, r.details())
@@ -142,7 +138,7 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		case d.Restart():
 			restarts++
 			release := r.permit(ctx, restarts)
-			var out activities.RestartOutcome
+			var out reconcile.RestartOutcome
 			rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				// One restart per round, under a deterministic ID; the
 				// activity sees through the one restart the box owes.
@@ -156,7 +152,7 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 				RetryPolicy:            restartRetry,
 				Summary:                fmt.Sprintf("restart %s: %s", ws.InstanceID, d.Reason),
 			})
-			err := workflow.ExecuteActivity(rctx, a.RestartBox, activities.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out)
+			err := workflow.ExecuteActivity(rctx, reconcile.ActivityRestartBox, reconcile.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out)
 			release()
 			if err != nil {
 				if ctx.Err() != nil {
@@ -165,14 +161,14 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 				r.rounds = append(r.rounds, r.restart)
 				return r.fail(ctx, err)
 			}
-			r.restart.Done, r.restart.Mode = restartDone(out), out.Mode
+			r.restart.Done, r.restart.Mode = out.Done(), out.Mode
 			r.restart.IdentityBefore, r.restart.IdentityAfter = out.IdentityBefore, out.IdentityAfter
 			r.restart.RestartIDs = out.RestartIDs
 			if !r.restart.Done && out.Reason != "" {
 				r.restart.Reason += "; at the restart: " + out.Reason
 			}
-		case d.Action == restart.Clear:
-			clear := activities.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}
+		case d.Action == reconcile.ClearMarks:
+			clear := reconcile.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}
 			if facts.JournalRead {
 				clear.UpTo = facts.ReadAt
 				if len(facts.Journal) > 0 {
@@ -180,7 +176,7 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 				}
 			}
 			cctx := withActivity(ctx, "clear restart marks of "+ws.ID, 45*time.Second, storeRetry)
-			if err := workflow.ExecuteActivity(cctx, a.ClearRestartPending, clear).Get(ctx, nil); err != nil {
+			if err := workflow.ExecuteActivity(cctx, reconcile.ActivityClearRestartPending, clear).Get(ctx, nil); err != nil {
 				return r.fail(ctx, err)
 			}
 		}
@@ -209,15 +205,6 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 // restart may take (a systemd restart's stop and start timeouts, a reboot
 // and its grace). A worker drains for as long on SIGTERM.
 const RestartAttemptTimeout = 10 * time.Minute
-
-// restartDone reports whether the box restarted for a RestartBox call,
-// also for outcomes recorded before RestartOutcome said so itself.
-func restartDone(out activities.RestartOutcome) bool {
-	if out.Restarted {
-		return true
-	}
-	return len(out.RestartIDs) == 0 && out.Reason == "" && out.IdentityAfter != "" && out.IdentityAfter != out.IdentityBefore
-}
 
 // searchValueBudget bounds the encoded size of one search attribute value
 // the workflow sets: Temporal refuses (and terminates the run for) a value
@@ -318,16 +305,16 @@ func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 	}
 	r.cancel = true
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
-	var facts activities.RestartFacts
+	var facts reconcile.RestartFacts
 	fctx := withActivity(dctx, "read restart state of "+r.ws.InstanceID+" after cancel", 30*time.Second,
 		&temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: permanent})
-	err := workflow.ExecuteActivity(fctx, a.ReadRestartFacts, r.ws).Get(dctx, &facts)
-	switch d := restart.Decide(restart.Round{}, facts); {
+	err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, r.ws).Get(dctx, &facts)
+	switch d := reconcile.DecideRestart(reconcile.RestartRound{}, facts); {
 	case err != nil:
 		r.restart = RestartReport{Needed: true, Reason: "cancelled; could not read the restart state (" + rootMessage(err) + "): the next reconcile decides"}
 	case d.Restart():
 		r.restart = RestartReport{Needed: true, Reason: "cancelled: restart left pending for the next reconcile (" + d.Reason + ")"}
-	case d.Action == restart.Clear && facts.JournalRead && len(facts.Journal) == 0:
+	case d.Action == reconcile.ClearMarks && facts.JournalRead && len(facts.Journal) == 0:
 		// Marks without swaps: a delivery was cut, and its install may
 		// still finish on the box.
 		r.restart = RestartReport{Needed: true, Reason: "cancelled during a delivery: restart left pending for the next reconcile to decide"}
@@ -351,7 +338,7 @@ func pluginNames(ps []Plugin) []string {
 // run is a reconcile's state.
 type run struct {
 	in             ReconcileInput
-	ws             activities.Workspace
+	ws             reconcile.Box
 	order          []string
 	results        map[string]PluginResult
 	restart        RestartReport   // the current round's
@@ -564,7 +551,7 @@ func rootMessage(err error) string {
 
 // PluginInput is ReconcilePlugin's input.
 type PluginInput struct {
-	Workspace activities.Workspace
+	Workspace reconcile.Box
 	Plugin    Plugin
 	DryRun    bool `json:",omitempty"`
 }
@@ -575,16 +562,17 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 	ws, p := in.Workspace, in.Plugin
 	res := PluginResult{Name: p.Name, Version: p.Version}
 
-	var probe activities.Probe
+	var probe reconcile.Probe
 	// A probe is one short command on a shared connection; 45 s covers a
 	// fresh connection (20 s dial), and its heartbeat notices a dead worker
 	// in 20 s.
 	pctx := withBoxActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second)
-	if err := workflow.ExecuteActivity(pctx, a.ProbeManifest, activities.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
+	if err := workflow.ExecuteActivity(pctx, reconcile.ActivityProbeManifest, reconcile.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
 		return res, err
 	}
-	deliver, reason := DecidePlugin(p, probe)
-	res.Reason = reason
+	verdict := reconcile.DecidePlugin(p, probe)
+	res.Verdict, res.Reason = verdict, verdict.Reason(p, probe)
+	deliver := verdict.Deliver()
 	if in.DryRun {
 		res.Action = ActionWouldRecord
 		if deliver {
@@ -593,24 +581,24 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 		return res, nil
 	}
 
-	track := activities.TrackInput{WorkspaceID: ws.ID, Plugin: p.Name, Version: p.Version, Digest: probe.Digest, Via: activities.ViaBoot}
+	track := reconcile.TrackInput{WorkspaceID: ws.ID, Plugin: p.Name, Version: p.Version, Digest: probe.Digest, Via: reconcile.ViaBoot}
 	res.Action = ActionRecorded
 	if deliver {
-		var d activities.Delivery
+		var d reconcile.Delivery
 		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 15 * time.Minute,
 			HeartbeatTimeout:    20 * time.Second,
 			RetryPolicy:         boxRetry,
-			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, reason),
+			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, res.Reason),
 		})
-		if err := workflow.ExecuteActivity(dctx, a.DeliverViaEIC, activities.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version, Digest: p.Digest}).Get(ctx, &d); err != nil {
+		if err := workflow.ExecuteActivity(dctx, reconcile.ActivityDeliverViaEIC, reconcile.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version, Digest: p.Digest}).Get(ctx, &d); err != nil {
 			return res, err
 		}
-		track.Digest, track.Via = d.Digest, activities.ViaReconcile
+		track.Digest, track.Via = d.Digest, reconcile.ViaReconcile
 		res.Action, res.Digest = ActionDelivered, d.Digest
 	}
 	tctx := withActivity(ctx, fmt.Sprintf("record %s for %s", p, ws.ID), 30*time.Second, storeRetry)
-	if err := workflow.ExecuteActivity(tctx, a.RecordTracking, track).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(tctx, reconcile.ActivityRecordTracking, track).Get(ctx, nil); err != nil {
 		return res, err
 	}
 	return res, nil

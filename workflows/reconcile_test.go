@@ -14,7 +14,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // model is a box and its store as the mocked activities see them.
@@ -36,35 +36,38 @@ func newModel(onBox map[string]string) *model {
 	return &model{onBox: onBox, failDeliver: map[string]bool{}, marks: map[string]string{}, identity: "run-1", recorded: map[string]string{}}
 }
 
-var ws = activities.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
+var ws = reconcile.Box{ID: "ws-1", InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
 
 func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 	env.RegisterWorkflow(ReconcilePlugin)
-	env.OnActivity(a.LoadWorkspace, mock.Anything, mock.Anything).Return(func(_ context.Context, id string) (activities.Workspace, error) {
+	// The worker's activities, by the names the workflows schedule them
+	// under; each is mocked below.
+	env.RegisterActivity(&activities.Activities{})
+	env.OnActivity(reconcile.ActivityLoadWorkspace, mock.Anything, mock.Anything).Return(func(_ context.Context, id string) (reconcile.Box, error) {
 		if id != ws.ID {
-			return activities.Workspace{}, temporal.NewNonRetryableApplicationError("workspace "+id+" is not registered", activities.ErrUnknownWorkspace, nil)
+			return reconcile.Box{}, temporal.NewNonRetryableApplicationError("workspace "+id+" is not registered", reconcile.ErrUnknownWorkspace, nil)
 		}
 		return ws, nil
 	}).Maybe()
-	env.OnActivity(a.ProbeManifest, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ProbeInput) (activities.Probe, error) {
+	env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ProbeInput) (reconcile.Probe, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.probes++
 		v, ok := m.onBox[in.Plugin]
 		if !ok {
-			return activities.Probe{Reason: "no manifest on the box"}, nil
+			return reconcile.Probe{Reason: "no manifest on the box"}, nil
 		}
-		return activities.Probe{Present: true, Version: v, Reason: "manifest found"}, nil
+		return reconcile.Probe{Present: true, Version: v, Reason: "manifest found"}, nil
 	}).Maybe()
-	deliver := env.OnActivity(a.DeliverViaEIC, mock.Anything, mock.Anything)
+	deliver := env.OnActivity(reconcile.ActivityDeliverViaEIC, mock.Anything, mock.Anything)
 	if m.deliverTakes > 0 {
 		deliver = deliver.After(m.deliverTakes)
 	}
-	deliver.Return(func(_ context.Context, in activities.DeliverInput) (activities.Delivery, error) {
+	deliver.Return(func(_ context.Context, in reconcile.DeliverInput) (reconcile.Delivery, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if m.failDeliver[in.Plugin] {
-			return activities.Delivery{}, temporal.NewNonRetryableApplicationError("bundle for "+in.Plugin+" rejected", activities.ErrBundleRejected, nil)
+			return reconcile.Delivery{}, temporal.NewNonRetryableApplicationError("bundle for "+in.Plugin+" rejected", reconcile.ErrBundleRejected, nil)
 		}
 		m.deliveries++
 		now := time.Now()
@@ -73,41 +76,41 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		}
 		m.onBox[in.Plugin] = in.Version
 		m.marks[in.Plugin] = m.identity
-		return activities.Delivery{Digest: "sha256:" + in.Plugin, Changed: true}, nil
+		return reconcile.Delivery{Digest: "sha256:" + in.Plugin, Changed: true}, nil
 	}).Maybe()
-	env.OnActivity(a.RecordTracking, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.TrackInput) error {
+	env.OnActivity(reconcile.ActivityRecordTracking, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.TrackInput) error {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.records++
 		m.recorded[in.Plugin] = in.Via
 		return nil
 	}).Maybe()
-	env.OnActivity(a.ReadRestartFacts, mock.Anything, mock.Anything).Return(func(_ context.Context, _ activities.Workspace) (activities.RestartFacts, error) {
+	env.OnActivity(reconcile.ActivityReadRestartFacts, mock.Anything, mock.Anything).Return(func(_ context.Context, _ reconcile.Box) (reconcile.RestartFacts, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		// The box's journal: one line per swap, with the runtime it
 		// happened under.
-		f := activities.RestartFacts{PendingSince: m.pending, CurrentIdentity: m.identity, JournalRead: true}
+		f := reconcile.RestartFacts{PendingSince: m.pending, CurrentIdentity: m.identity, JournalRead: true}
 		for name, id := range m.marks {
 			f.MarkIdentities = append(f.MarkIdentities, id)
-			f.Journal = append(f.Journal, restart.Entry{Plugin: name, Identity: id})
+			f.Journal = append(f.Journal, reconcile.JournalEntry{Plugin: name, Identity: id})
 		}
 		return f, nil
 	}).Maybe()
-	restartBox := env.OnActivity(a.RestartBox, mock.Anything, mock.Anything)
+	restartBox := env.OnActivity(reconcile.ActivityRestartBox, mock.Anything, mock.Anything)
 	if m.restartTakes > 0 {
 		restartBox = restartBox.After(m.restartTakes)
 	}
-	restartBox.Return(func(_ context.Context, in activities.RestartInput) (activities.RestartOutcome, error) {
+	restartBox.Return(func(_ context.Context, in reconcile.RestartInput) (reconcile.RestartOutcome, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.restarts++
 		before := m.identity
 		m.identity = before + "+"
 		m.pending, m.marks = nil, map[string]string{}
-		return activities.RestartOutcome{Mode: "runtime", IdentityBefore: before, IdentityAfter: m.identity, Restarted: true, RestartIDs: []string{fmt.Sprint("r", m.restarts)}}, nil
+		return reconcile.RestartOutcome{Mode: "runtime", IdentityBefore: before, IdentityAfter: m.identity, Restarted: true, RestartIDs: []string{fmt.Sprint("r", m.restarts)}}, nil
 	}).Maybe()
-	env.OnActivity(a.ClearRestartPending, mock.Anything, mock.Anything).Return(func(_ context.Context, _ activities.ClearInput) error {
+	env.OnActivity(reconcile.ActivityClearRestartPending, mock.Anything, mock.Anything).Return(func(_ context.Context, _ reconcile.ClearInput) error {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.clears++
@@ -117,7 +120,7 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 }
 
 func five() []Plugin {
-	return []Plugin{{"a", "1.0.0", ""}, {"b", "1.0.0", ""}, {"c", "1.0.0", ""}, {"d", "1.0.0", ""}, {"e", "1.0.0", ""}}
+	return []Plugin{{Name: "a", Version: "1.0.0"}, {Name: "b", Version: "1.0.0"}, {Name: "c", Version: "1.0.0"}, {Name: "d", Version: "1.0.0"}, {Name: "e", Version: "1.0.0"}}
 }
 
 func allOnBox() map[string]string {
@@ -162,7 +165,7 @@ func TestAllPresentRecordsOnly(t *testing.T) {
 	require.False(t, res.Restart.Needed)
 	require.Contains(t, res.Restart.Reason, "5 plugin(s) already on the box")
 	for _, via := range m.recorded {
-		require.Equal(t, activities.ViaBoot, via)
+		require.Equal(t, reconcile.ViaBoot, via)
 	}
 }
 
@@ -180,8 +183,8 @@ func TestMissingPluginsDeliveredWithOneRestart(t *testing.T) {
 	require.Equal(t, 2, res.Count(ActionDelivered))
 	require.True(t, res.Restart.Done)
 	require.Contains(t, res.Restart.Reason, "2 plugin(s) delivered")
-	require.Equal(t, activities.ViaReconcile, m.recorded["b"])
-	require.Equal(t, activities.ViaBoot, m.recorded["a"])
+	require.Equal(t, reconcile.ViaReconcile, m.recorded["b"])
+	require.Equal(t, reconcile.ViaBoot, m.recorded["a"])
 }
 
 func TestStaleVersionDeliveredAndRestarted(t *testing.T) {
@@ -251,10 +254,10 @@ func TestOnePluginFailsTheOthersStillReconciled(t *testing.T) {
 
 func TestInvalidInputFailsAtOnce(t *testing.T) {
 	m := newModel(allOnBox())
-	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{"../etc", "1", ""}}}, nil)
+	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{Name: "../etc", Version: "1"}}}, nil)
 	var app *temporal.ApplicationError
 	require.ErrorAs(t, err, &app)
-	require.Equal(t, activities.ErrInvalidInput, app.Type())
+	require.Equal(t, reconcile.ErrInvalidInput, app.Type())
 	require.True(t, app.NonRetryable())
 	require.Contains(t, err.Error(), "Plugins[0].Name")
 	require.Equal(t, 0, m.probes)
@@ -265,7 +268,7 @@ func TestUnknownWorkspaceFailsAtOnce(t *testing.T) {
 	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-404", Plugins: five()}, nil)
 	var app *temporal.ApplicationError
 	require.ErrorAs(t, err, &app)
-	require.Equal(t, activities.ErrUnknownWorkspace, app.Type())
+	require.Equal(t, reconcile.ErrUnknownWorkspace, app.Type())
 	require.Equal(t, 0, m.probes)
 }
 
@@ -291,8 +294,8 @@ func TestDeclarationDuringRunIsFoldedIn(t *testing.T) {
 	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, func(env *testsuite.TestWorkflowEnvironment) {
 		env.RegisterDelayedCallback(func() {
 			// Same set plus one new plugin, and one upgraded.
-			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: append(five()[1:], Plugin{"a", "1.0.0", ""}, Plugin{"f", "2.0.0", ""})})
-			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{"c", "1.1.0", ""}}})
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: append(five()[1:], Plugin{Name: "a", Version: "1.0.0"}, Plugin{Name: "f", Version: "2.0.0"})})
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{Name: "c", Version: "1.1.0"}}})
 		}, 0)
 	})
 	require.NoError(t, err)
@@ -350,7 +353,7 @@ func TestDeclarationDuringTheRestartGetsARoundOfItsOwn(t *testing.T) {
 	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, func(env *testsuite.TestWorkflowEnvironment) {
 		env.RegisterDelayedCallback(func() {
 			require.Equal(t, 0, m.restarts, "the signal lands during the first restart")
-			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{"b", "2.0.0", ""}}})
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{Name: "b", Version: "2.0.0"}}})
 		}, 30*time.Second)
 	})
 	require.NoError(t, err)
@@ -402,7 +405,7 @@ func TestALatePermitIsNotTakenByTheNextRound(t *testing.T) {
 		late := permitWait + 30*time.Second
 		env.RegisterDelayedCallback(func() {
 			env.SignalWorkflow(SignalPermit, PermitRequest{WorkflowID: "default-test-workflow-id", Seq: 1})
-			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{"b", "2.0.0", ""}}})
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{{Name: "b", Version: "2.0.0"}}})
 		}, late)
 		// Round 2's own permit comes ten minutes later.
 		env.RegisterDelayedCallback(func() {

@@ -13,7 +13,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/plugin-reconciler/plugin-reconciler/activities"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // SweepWorkflowID is the fleet sweep's workflow ID: one sweep at a time.
@@ -130,7 +130,7 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 			})
 		}
 	}
-	start := func(t activities.SweepTarget) {
+	start := func(t reconcile.SweepTarget) {
 		plugins := make([]Plugin, len(t.Plugins))
 		for i, p := range t.Plugins {
 			plugins[i] = Plugin{Name: p.Name, Version: p.Version}
@@ -178,9 +178,9 @@ func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 
 	startedThisRun := 0
 	for !rep.Stopped {
-		var page []activities.SweepTarget
+		var page []reconcile.SweepTarget
 		pctx := withActivity(ctx, "list workspaces after "+quoteOrStart(in.After), time.Minute, storeRetry)
-		if err := workflow.ExecuteActivity(pctx, a.ListWorkspaces, activities.PageInput{After: in.After, Limit: in.PageSize}).Get(ctx, &page); err != nil {
+		if err := workflow.ExecuteActivity(pctx, reconcile.ActivityListWorkspaces, reconcile.PageInput{After: in.After, Limit: in.PageSize}).Get(ctx, &page); err != nil {
 			return rep, err
 		}
 		if len(page) == 0 {
@@ -222,9 +222,9 @@ func (r *SweepReport) tally(workspace string, res ReconcileResult) {
 	r.Checked++
 	for _, p := range res.Plugins {
 		switch {
-		case strings.HasPrefix(p.Reason, "absent"):
+		case p.Verdict.Missing():
 			r.Missing++
-		case strings.HasPrefix(p.Reason, "stale"), strings.HasPrefix(p.Reason, "digest differs"):
+		case p.Verdict == reconcile.VerdictStale, p.Verdict == reconcile.VerdictDigestDiffers:
 			r.Stale++
 		}
 		if p.Action == ActionDelivered || p.Action == ActionWouldDeliver {

@@ -11,6 +11,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 func TestPermitPool(t *testing.T) {
@@ -101,11 +102,12 @@ func TestPermitPool(t *testing.T) {
 func TestDryRunSweepPlansUnderThePlanID(t *testing.T) {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
-	env.OnActivity(a.ListWorkspaces, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PageInput) ([]activities.SweepTarget, error) {
+	env.RegisterActivity(&activities.Activities{})
+	env.OnActivity(reconcile.ActivityListWorkspaces, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.PageInput) ([]reconcile.SweepTarget, error) {
 		if in.After != "" {
 			return nil, nil
 		}
-		return []activities.SweepTarget{{WorkspaceID: "ws-1", Plugins: []activities.DeclaredPlugin{{Name: "a", Version: "1"}}}}, nil
+		return []reconcile.SweepTarget{{WorkspaceID: "ws-1", Plugins: []reconcile.DeclaredPlugin{{Name: "a", Version: "1"}}}}, nil
 	})
 	var mu sync.Mutex
 	var ids []string

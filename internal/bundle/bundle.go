@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // MaxUnpacked caps a bundle's unpacked size (and so a gzip bomb's).
@@ -122,14 +122,14 @@ func reject(format string, args ...any) error {
 
 // Info is what Inspect learns of a bundle.
 type Info struct {
-	Manifest plugin.Manifest
+	Manifest reconcile.Manifest
 	// ManifestDigest is "sha256:<hex>" of its plugin.yaml's bytes, to tell
 	// an installed manifest edited on a box from the bundle's.
 	ManifestDigest string
 }
 
 // Check is Inspect's manifest.
-func Check(data []byte) (plugin.Manifest, error) {
+func Check(data []byte) (reconcile.Manifest, error) {
 	info, err := Inspect(data)
 	return info.Manifest, err
 }
@@ -186,7 +186,7 @@ func Inspect(data []byte) (Info, error) {
 			total += hdr.Size
 			var w io.Writer = io.Discard
 			var mbuf bytes.Buffer
-			if name == plugin.ManifestFile {
+			if name == reconcile.ManifestFile {
 				w = &mbuf
 			}
 			got, err := io.Copy(w, tr)
@@ -196,7 +196,7 @@ func Inspect(data []byte) (Info, error) {
 			if got != hdr.Size {
 				return m, reject("entry %q holds %d bytes, declares %d", name, got, hdr.Size)
 			}
-			if name == plugin.ManifestFile {
+			if name == reconcile.ManifestFile {
 				manifest = mbuf.Bytes()
 			}
 		case tar.TypeDir:
@@ -229,10 +229,10 @@ func Inspect(data []byte) (Info, error) {
 	if br.Len() != 0 {
 		return m, reject("%d bytes after the gzip stream", br.Len())
 	}
-	if seen[plugin.ManifestFile] != tar.TypeReg {
-		return m, reject("no regular file %s at the top", plugin.ManifestFile)
+	if seen[reconcile.ManifestFile] != tar.TypeReg {
+		return m, reject("no regular file %s at the top", reconcile.ManifestFile)
 	}
-	m.Manifest, err = plugin.ParseManifest(manifest)
+	m.Manifest, err = reconcile.ParseManifest(manifest)
 	if err != nil {
 		return Info{}, fmt.Errorf("%w: %w", ErrRejected, err)
 	}

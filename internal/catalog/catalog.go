@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // ErrUnknownPlugin: the catalog has no such plugin or version.
@@ -86,10 +86,10 @@ func (c *Catalog) CachedBytes() int64 {
 
 // Bundle packs (or returns the cached pack of) plugin name at version.
 func (c *Catalog) Bundle(_ context.Context, name, version string) (Bundle, error) {
-	if err := plugin.ValidateName(name); err != nil {
+	if err := reconcile.ValidateName(name); err != nil {
 		return Bundle{}, err
 	}
-	if err := plugin.ValidateVersion(version); err != nil {
+	if err := reconcile.ValidateVersion(version); err != nil {
 		return Bundle{}, err
 	}
 	key := name + "@" + version
@@ -134,7 +134,7 @@ func (c *Catalog) load(name, version string) (Bundle, error) {
 	if packed, err := os.ReadFile(dir + ".tar.gz"); err == nil {
 		return Bundle{Name: name, Version: version, Data: packed, Digest: bundle.Digest(packed)}, nil
 	}
-	if _, err := os.Stat(filepath.Join(dir, plugin.ManifestFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, reconcile.ManifestFile)); err != nil {
 		return Bundle{}, fmt.Errorf("%w: %s", ErrUnknownPlugin, key)
 	}
 	data, err := bundle.Pack(dir)
@@ -154,17 +154,17 @@ func (c *Catalog) load(name, version string) (Bundle, error) {
 // Publish writes a plugin version into a catalog directory: its manifest and
 // the given files (path -> content). For the demo and tests.
 func Publish(dir, name, version string, files map[string]string) error {
-	if err := plugin.ValidateName(name); err != nil {
+	if err := reconcile.ValidateName(name); err != nil {
 		return err
 	}
-	if err := plugin.ValidateVersion(version); err != nil {
+	if err := reconcile.ValidateVersion(version); err != nil {
 		return err
 	}
 	root := filepath.Join(dir, name, version)
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(root, plugin.ManifestFile), plugin.Manifest{Name: name, Version: version}.Marshal(), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(root, reconcile.ManifestFile), reconcile.Manifest{Name: name, Version: version}.Marshal(), 0o644); err != nil {
 		return err
 	}
 	for p, body := range files {

@@ -22,6 +22,8 @@ import (
 	"github.com/aws/smithy-go"
 	"github.com/coder/websocket"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // testKeyHook lets this package's tests see each generated private key, to
@@ -35,7 +37,7 @@ type Access struct {
 	mu    sync.Mutex
 	conns map[string]*conn
 	// pinned remembers host keys trusted on first use in this process, so a
-	// reconnect before the stored key reaches the caller's Target still
+	// reconnect before the stored key reaches the caller's reconcile.Box still
 	// verifies against it.
 	pinned map[string]ssh.PublicKey
 	// manifests batches concurrent manifest reads per box.
@@ -139,11 +141,11 @@ func (c *conn) markBroken() {
 	}
 }
 
-func connKey(t Target) string { return t.Region + "/" + t.InstanceID + "/" + t.OSUser }
+func connKey(t reconcile.Box) string { return t.Region + "/" + t.InstanceID + "/" + t.OSUser }
 
 // acquire returns a connection to t, dialling one if none is usable, and a
 // release function the caller must call when its session is done.
-func (a *Access) acquire(ctx context.Context, t Target) (*conn, func(), error) {
+func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), error) {
 	if a.cfg.NoReuse {
 		c := &conn{ready: make(chan struct{}), slots: make(chan struct{}, 1)}
 		c.client, c.err = a.dial(ctx, t)
@@ -195,7 +197,7 @@ func (a *Access) acquire(ctx context.Context, t Target) (*conn, func(), error) {
 
 // dialShared dials on behalf of every caller waiting on c. It is not bound
 // to the first caller's context: a cancelled caller must not fail the others.
-func (a *Access) dialShared(t Target, c *conn) {
+func (a *Access) dialShared(t reconcile.Box, c *conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
 	defer cancel()
 	c.client, c.err = a.dial(ctx, t)
@@ -294,7 +296,7 @@ func (a *Access) reapIdle() {
 // session runs fn on a new SSH session of a shared connection. A failure to
 // open the session (a dead connection: nothing ran on the box) evicts the
 // connection and is retried once on a fresh one.
-func (a *Access) session(ctx context.Context, t Target, fn func(*ssh.Session) error) error {
+func (a *Access) session(ctx context.Context, t reconcile.Box, fn func(*ssh.Session) error) error {
 	if err := t.Validate(); err != nil {
 		return err
 	}
@@ -345,7 +347,7 @@ func (a *Access) session(ctx context.Context, t Target, fn func(*ssh.Session) er
 }
 
 // dial looks the instance up, pushes a fresh key and opens SSH.
-func (a *Access) dial(ctx context.Context, t Target) (*ssh.Client, error) {
+func (a *Access) dial(ctx context.Context, t reconcile.Box) (*ssh.Client, error) {
 	ip, az, err := a.describe(ctx, t)
 	if err != nil {
 		return nil, err
@@ -407,7 +409,7 @@ func (a *Access) dial(ctx context.Context, t Target) (*ssh.Client, error) {
 	return ssh.NewClient(cc, chans, reqs), nil
 }
 
-func (a *Access) regionOpt(t Target) func(*ec2.Options) {
+func (a *Access) regionOpt(t reconcile.Box) func(*ec2.Options) {
 	return func(o *ec2.Options) {
 		if t.Region != "" {
 			o.Region = t.Region
@@ -417,7 +419,7 @@ func (a *Access) regionOpt(t Target) func(*ec2.Options) {
 
 // describe returns the instance's private address and availability zone,
 // failing permanently if it does not exist or is not running.
-func (a *Access) describe(ctx context.Context, t Target) (ip, az string, err error) {
+func (a *Access) describe(ctx context.Context, t reconcile.Box) (ip, az string, err error) {
 	out, err := a.cfg.EC2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{t.InstanceID}}, a.regionOpt(t))
 	if err != nil {
 		var ae smithy.APIError
@@ -451,7 +453,7 @@ func (a *Access) describe(ctx context.Context, t Target) (ip, az string, err err
 	return "", "", &UnknownInstanceError{InstanceID: t.InstanceID}
 }
 
-func (a *Access) pushKey(ctx context.Context, t Target, authorizedKey string) error {
+func (a *Access) pushKey(ctx context.Context, t reconcile.Box, authorizedKey string) error {
 	in := &ec2instanceconnect.SendSSHPublicKeyInput{
 		InstanceId:     aws.String(t.InstanceID),
 		InstanceOSUser: aws.String(t.OSUser),
@@ -482,7 +484,7 @@ func (a *Access) pushKey(ctx context.Context, t Target, authorizedKey string) er
 }
 
 // transport opens the byte stream to the box's sshd.
-func (a *Access) transport(ctx context.Context, t Target, ip string) (net.Conn, error) {
+func (a *Access) transport(ctx context.Context, t reconcile.Box, ip string) (net.Conn, error) {
 	if a.cfg.Mode == Direct {
 		d := net.Dialer{Timeout: a.cfg.DialTimeout}
 		nc, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(a.cfg.Port)))
@@ -537,7 +539,7 @@ func (a *Access) endpointHost() string {
 const emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 // tunnelURL builds the SigV4 query-presigned openTunnel URL.
-func (a *Access) tunnelURL(ctx context.Context, t Target, ip string) (string, error) {
+func (a *Access) tunnelURL(ctx context.Context, t reconcile.Box, ip string) (string, error) {
 	region := t.Region
 	if region == "" {
 		region = a.cfg.Region
@@ -589,7 +591,7 @@ func (a *Access) tunnelURL(ctx context.Context, t Target, ip string) (string, er
 
 // hostKeyCallback verifies the box's host key: against the pinned key when
 // there is one, else trust on first use through RecordHostKey.
-func (a *Access) hostKeyCallback(ctx context.Context, t Target) ssh.HostKeyCallback {
+func (a *Access) hostKeyCallback(ctx context.Context, t reconcile.Box) ssh.HostKeyCallback {
 	return func(_ string, _ net.Addr, got ssh.PublicKey) error {
 		want, err := a.pinnedKey(t)
 		if err != nil {
@@ -616,7 +618,7 @@ func (a *Access) hostKeyCallback(ctx context.Context, t Target) ssh.HostKeyCallb
 	}
 }
 
-func (a *Access) pinnedKey(t Target) (ssh.PublicKey, error) {
+func (a *Access) pinnedKey(t reconcile.Box) (ssh.PublicKey, error) {
 	if t.HostKey != "" {
 		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(t.HostKey))
 		if err != nil {

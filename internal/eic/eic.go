@@ -16,46 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
 )
-
-// Target is one box: where it is, who to log in as, and how to trust it.
-type Target struct {
-	InstanceID       string
-	Region           string // empty: the clients' region
-	AvailabilityZone string // empty: as DescribeInstances reports it
-	OSUser           string
-	// HostKey is the pinned host key in authorized_keys format; empty means
-	// trust on first use (see Config.RecordHostKey).
-	HostKey    string
-	PluginRoot string
-}
-
-var (
-	instanceIDRE = regexp.MustCompile(`^i-[a-f0-9]{8,17}$`)
-	osUserRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-	pluginRootRE = regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`)
-)
-
-// Validate checks every field that reaches a remote command or an AWS call.
-func (t Target) Validate() error {
-	switch {
-	case !instanceIDRE.MatchString(t.InstanceID):
-		return fmt.Errorf("instance id %q is not an EC2 instance id", t.InstanceID)
-	case !osUserRE.MatchString(t.OSUser):
-		return fmt.Errorf("os user %q is not a valid user name", t.OSUser)
-	case !pluginRootRE.MatchString(t.PluginRoot) || path.Clean(t.PluginRoot) != t.PluginRoot || strings.Contains(t.PluginRoot, "/../"):
-		return fmt.Errorf("plugin root %q must be a clean absolute path", t.PluginRoot)
-	}
-	return nil
-}
 
 // Mode is how the worker reaches a box's sshd.
 type Mode string

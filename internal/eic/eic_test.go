@@ -31,15 +31,15 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // packPlugin packs a plugin directory with a manifest and the given files.
 func packPlugin(t testing.TB, name, version string, files map[string]string) []byte {
 	t.Helper()
 	dir := t.TempDir()
-	m := plugin.Manifest{Name: name, Version: version}
-	require.NoError(t, os.WriteFile(filepath.Join(dir, plugin.ManifestFile), m.Marshal(), 0o644))
+	m := reconcile.Manifest{Name: name, Version: version}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, reconcile.ManifestFile), m.Marshal(), 0o644))
 	for p, body := range files {
 		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755))
 		require.NoError(t, os.WriteFile(filepath.Join(dir, p), []byte(body), 0o644))
@@ -54,7 +54,7 @@ type env struct {
 	aws    *fakeaws.Server
 	box    *fleet.Box
 	access *eic.Access
-	target eic.Target
+	target reconcile.Box
 	logs   *syncBuf
 
 	mu       sync.Mutex
@@ -112,7 +112,7 @@ func newEnvOn(t *testing.T, f *fleet.Fleet, box *fleet.Box, mode eic.Mode, edit 
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
 	e.access = a
-	e.target = eic.Target{
+	e.target = reconcile.Box{
 		InstanceID: box.InstanceID,
 		OSUser:     f.User(),
 		HostKey:    box.HostKey,
@@ -138,7 +138,7 @@ func TestPushThenConnect(t *testing.T) {
 		e := newEnv(t, mode, nil)
 		data, err := e.access.ReadManifest(ctx(t), e.target, "github-tools")
 		require.NoError(t, err, e.box.SSHDLog())
-		m, err := plugin.ParseManifest(data)
+		m, err := reconcile.ParseManifest(data)
 		require.NoError(t, err)
 		require.Equal(t, "1.2.0", m.Version)
 
@@ -249,10 +249,10 @@ func TestConcurrentManifestReadsAreBatchedWithTheSameAnswers(t *testing.T) {
 	for _, n := range []string{"link", "dir", "locked", "big"} {
 		require.NoError(t, os.MkdirAll(filepath.Join(root, n), 0o755))
 	}
-	require.NoError(t, os.Symlink(filepath.Join(root, "alpha", plugin.ManifestFile), filepath.Join(root, "link", plugin.ManifestFile)))
-	require.NoError(t, os.Mkdir(filepath.Join(root, "dir", plugin.ManifestFile), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(root, "locked", plugin.ManifestFile), []byte("name: locked\n"), 0o000))
-	require.NoError(t, os.WriteFile(filepath.Join(root, "big", plugin.ManifestFile), bytes.Repeat([]byte("x\n"), plugin.MaxManifestBytes), 0o644))
+	require.NoError(t, os.Symlink(filepath.Join(root, "alpha", reconcile.ManifestFile), filepath.Join(root, "link", reconcile.ManifestFile)))
+	require.NoError(t, os.Mkdir(filepath.Join(root, "dir", reconcile.ManifestFile), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "locked", reconcile.ManifestFile), []byte("name: locked\n"), 0o000))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "big", reconcile.ManifestFile), bytes.Repeat([]byte("x\n"), reconcile.MaxManifestBytes), 0o644))
 
 	batched := newEnvOn(t, f, box, eic.Direct, nil)
 	single := newEnvOn(t, f, box, eic.Direct, func(c *eic.Config) { c.NoReuse = true })
@@ -273,7 +273,7 @@ func TestConcurrentManifestReadsAreBatchedWithTheSameAnswers(t *testing.T) {
 	for _, n := range names {
 		want[n] = read(single, n)
 	}
-	require.Equal(t, plugin.MaxManifestBytes+1, len(want["big"].data), "one byte over, so the caller sees it is too large")
+	require.Equal(t, reconcile.MaxManifestBytes+1, len(want["big"].data), "one byte over, so the caller sees it is too large")
 	require.Contains(t, string(want["alpha"].data), "name: alpha")
 	for _, n := range []string{"delta", "link", "dir", "locked"} {
 		require.True(t, want[n].notFound, n)
@@ -699,23 +699,6 @@ func TestNoReuseDialsPerOperation(t *testing.T) {
 	}
 	require.Equal(t, 3, e.aws.KeyPushes(e.box.InstanceID))
 	require.Equal(t, 3, e.box.Logins())
-}
-
-func TestTargetValidation(t *testing.T) {
-	good := eic.Target{InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
-	require.NoError(t, good.Validate())
-	for desc, mut := range map[string]func(*eic.Target){
-		"instance": func(t *eic.Target) { t.InstanceID = "i-0; reboot" },
-		"user":     func(t *eic.Target) { t.OSUser = "root; id" },
-		"relative": func(t *eic.Target) { t.PluginRoot = "opt/plugins" },
-		"dotdot":   func(t *eic.Target) { t.PluginRoot = "/opt/../etc" },
-		"quote":    func(t *eic.Target) { t.PluginRoot = "/opt/'x" },
-		"trailing": func(t *eic.Target) { t.PluginRoot = "/opt/plugins/" },
-	} {
-		tg := good
-		mut(&tg)
-		require.Error(t, tg.Validate(), desc)
-	}
 }
 
 func TestBoxLatencyIsAddedEachWay(t *testing.T) {

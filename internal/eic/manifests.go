@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // Manifest reads are coalesced per box: a reconcile probes each plugin in
@@ -33,7 +33,7 @@ type manifestRead struct {
 
 // manifestBatch is the reads waiting for, or running in, one command.
 type manifestBatch struct {
-	t     Target
+	t     reconcile.Box
 	names []string
 	done  chan struct{}
 	reads map[string]manifestRead // set before done is closed
@@ -48,11 +48,11 @@ type manifestBox struct {
 	users int
 }
 
-func batchKey(t Target) string { return t.PluginRoot + "\x00" + t.HostKey }
+func batchKey(t reconcile.Box) string { return t.PluginRoot + "\x00" + t.HostKey }
 
 // readManifestBatched joins (or opens) the box's open batch and waits for
 // its result.
-func (a *Access) readManifestBatched(ctx context.Context, t Target, name string) (manifestRead, error) {
+func (a *Access) readManifestBatched(ctx context.Context, t reconcile.Box, name string) (manifestRead, error) {
 	key := connKey(t)
 	a.mu.Lock()
 	select {
@@ -142,9 +142,9 @@ func (a *Access) runManifestBatch(key string, box *manifestBox, b *manifestBatch
 // manifest read goes through it: batched, single with NoReuse, and
 // ReadManifests). Each
 // file is one output line: its status (the single read's exit codes), and
-// for a readable file its first plugin.MaxManifestBytes+1 bytes in base64,
+// for a readable file its first reconcile.MaxManifestBytes+1 bytes in base64,
 // so no content can forge another plugin's line.
-func (a *Access) readManifestFiles(ctx context.Context, t Target, names []string) (map[string]manifestRead, error) {
+func (a *Access) readManifestFiles(ctx context.Context, t reconcile.Box, names []string) (map[string]manifestRead, error) {
 	var cmd strings.Builder
 	cmd.WriteString("for f in")
 	for _, n := range names {
@@ -152,11 +152,11 @@ func (a *Access) readManifestFiles(ctx context.Context, t Target, names []string
 		if err != nil {
 			return nil, err
 		}
-		cmd.WriteString(" " + quote(dir+"/"+plugin.ManifestFile))
+		cmd.WriteString(" " + quote(dir+"/"+reconcile.ManifestFile))
 	}
 	fmt.Fprintf(&cmd, `; do if [ ! -e "$f" ] && [ ! -L "$f" ]; then echo %d; elif [ -L "$f" ] || [ ! -f "$f" ]; then echo %d; elif [ ! -r "$f" ]; then echo %d; else printf '0 '; head -c %d -- "$f" | base64 -w0; echo; fi; done`,
-		exitNotFound, exitNotRegular, exitUnreadable, plugin.MaxManifestBytes+1)
-	perFile := int64(base64.StdEncoding.EncodedLen(plugin.MaxManifestBytes+1) + 8)
+		exitNotFound, exitNotRegular, exitUnreadable, reconcile.MaxManifestBytes+1)
+	perFile := int64(base64.StdEncoding.EncodedLen(reconcile.MaxManifestBytes+1) + 8)
 	out, status, err := a.run(ctx, t, cmd.String(), nil, int64(len(names))*perFile)
 	if err != nil {
 		return nil, err

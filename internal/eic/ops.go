@@ -14,7 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // quote makes s one single-quoted shell word. Every remote command is built
@@ -32,7 +32,7 @@ const (
 
 // run executes command, feeding stdin, and returns up to maxOut bytes of
 // stdout (more is an error) and the exit status.
-func (a *Access) run(ctx context.Context, t Target, command string, stdin io.Reader, maxOut int64) ([]byte, int, error) {
+func (a *Access) run(ctx context.Context, t reconcile.Box, command string, stdin io.Reader, maxOut int64) ([]byte, int, error) {
 	var out []byte
 	status := 0
 	err := a.session(ctx, t, func(s *ssh.Session) error {
@@ -74,6 +74,26 @@ func (a *Access) run(ctx context.Context, t Target, command string, stdin io.Rea
 	return out, status, err
 }
 
+// MissingManifestError is a plugin manifest that is not there to read;
+// Miss says how. It is ErrNotFound.
+type MissingManifestError struct {
+	InstanceID string
+	Miss       reconcile.Miss
+}
+
+func (e *MissingManifestError) Error() string {
+	switch e.Miss {
+	case reconcile.MissNotAFile:
+		return fmt.Sprintf("%s on %s is not a regular file", reconcile.ManifestFile, e.InstanceID)
+	case reconcile.MissUnreadable:
+		return fmt.Sprintf("%s on %s is not readable", reconcile.ManifestFile, e.InstanceID)
+	}
+	return fmt.Sprintf("no %s on %s", reconcile.ManifestFile, e.InstanceID)
+}
+
+// Is makes a missing manifest ErrNotFound.
+func (e *MissingManifestError) Is(target error) bool { return target == ErrNotFound }
+
 // RemoteError is a remote command that exited non-zero with a message.
 type RemoteError struct {
 	InstanceID string
@@ -85,19 +105,19 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("remote command on %s exited %d: %s", e.InstanceID, e.Status, e.Stderr)
 }
 
-func pluginDir(t Target, name string) (string, error) {
-	if err := plugin.ValidateName(name); err != nil {
+func pluginDir(t reconcile.Box, name string) (string, error) {
+	if err := reconcile.ValidateName(name); err != nil {
 		return "", err
 	}
 	return t.PluginRoot + "/" + name, nil
 }
 
 // ReadManifest returns the plugin's plugin.yaml from the box, at most
-// plugin.MaxManifestBytes+1 bytes of it (so a caller can tell it is too
+// reconcile.MaxManifestBytes+1 bytes of it (so a caller can tell it is too
 // large). ErrNotFound when there is none. Concurrent reads on one box share
 // a command (see manifests.go); with NoReuse each read is its own command.
-func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byte, error) {
-	if err := plugin.ValidateName(name); err != nil {
+func (a *Access) ReadManifest(ctx context.Context, t reconcile.Box, name string) ([]byte, error) {
+	if err := reconcile.ValidateName(name); err != nil {
 		return nil, err
 	}
 	if err := t.Validate(); err != nil {
@@ -119,11 +139,11 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 	case 0:
 		return r.data, nil
 	case exitNotFound:
-		return nil, fmt.Errorf("no %s on %s: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
+		return nil, &MissingManifestError{InstanceID: t.InstanceID, Miss: reconcile.MissNoManifest}
 	case exitNotRegular:
-		return nil, fmt.Errorf("%s on %s is not a regular file: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
+		return nil, &MissingManifestError{InstanceID: t.InstanceID, Miss: reconcile.MissNotAFile}
 	case exitUnreadable:
-		return nil, fmt.Errorf("%s on %s is not readable: %w", plugin.ManifestFile, t.InstanceID, ErrNotFound)
+		return nil, &MissingManifestError{InstanceID: t.InstanceID, Miss: reconcile.MissUnreadable}
 	default:
 		return nil, &RemoteError{InstanceID: t.InstanceID, Status: r.status, Stderr: "reading manifest"}
 	}
@@ -132,7 +152,7 @@ func (a *Access) ReadManifest(ctx context.Context, t Target, name string) ([]byt
 // stateDir is where the reconciler keeps its state on a box, beside the
 // plugins (a dot-name no plugin can take): the journal of swaps, the lock
 // that keeps swaps and restarts apart, and the last restart token applied.
-func stateDir(t Target) string { return t.PluginRoot + "/.reconciler" }
+func stateDir(t reconcile.Box) string { return t.PluginRoot + "/.reconciler" }
 
 // installScript unpacks a bundle read from stdin into <root>/<name>:
 // receive into a staging file beside the target, check its size and digest,
@@ -215,7 +235,7 @@ type Installed struct {
 // before anything is sent. When the box already holds exactly this bundle,
 // with its manifest intact, nothing is transferred. progress, if set, is
 // called as bytes are sent.
-func (a *Access) Install(ctx context.Context, t Target, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
+func (a *Access) Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
 	dir, err := pluginDir(t, name)
 	if err != nil {
 		return Installed{}, err
@@ -259,9 +279,9 @@ func (a *Access) Install(ctx context.Context, t Target, name, version string, da
 
 // holds reports whether the plugin directory dir holds the bundle with
 // digest, with its manifest intact.
-func (a *Access) holds(ctx context.Context, t Target, dir, digest, manifestDigest string) (bool, error) {
+func (a *Access) holds(ctx context.Context, t reconcile.Box, dir, digest, manifestDigest string) (bool, error) {
 	cmd := fmt.Sprintf(`d=%s; if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$d/.bundle-digest" ] && [ -f "$d/%s" ] && [ ! -L "$d/%s" ]; then head -c 100 "$d/.bundle-digest"; sha256sum <"$d/%s"; else exit %d; fi`,
-		quote(dir), plugin.ManifestFile, plugin.ManifestFile, plugin.ManifestFile, exitNotFound)
+		quote(dir), reconcile.ManifestFile, reconcile.ManifestFile, reconcile.ManifestFile, exitNotFound)
 	out, status, err := a.run(ctx, t, cmd, nil, 512)
 	if err != nil || status != 0 {
 		return false, err
@@ -277,7 +297,7 @@ func (a *Access) holds(ctx context.Context, t Target, dir, digest, manifestDiges
 // ReadManifests reads several plugins' manifests in one remote command (a
 // missing or unreadable one reads as empty). The reconcile probes plugin by
 // plugin; this is the floor it is measured against.
-func (a *Access) ReadManifests(ctx context.Context, t Target, names []string) ([][]byte, error) {
+func (a *Access) ReadManifests(ctx context.Context, t reconcile.Box, names []string) ([][]byte, error) {
 	reads, err := a.readManifestFiles(ctx, t, names)
 	if err != nil {
 		return nil, err
@@ -308,7 +328,7 @@ func CheckBundle(name, version string, data []byte) (bundle.Info, error) {
 
 // RuntimeIdentity returns the identity of the box's running agent runtime;
 // it changes whenever the runtime (or the box) restarts.
-func (a *Access) RuntimeIdentity(ctx context.Context, t Target) (string, error) {
+func (a *Access) RuntimeIdentity(ctx context.Context, t reconcile.Box) (string, error) {
 	out, status, err := a.run(ctx, t, a.cfg.IdentityCommand, nil, 256)
 	if err != nil {
 		return "", fmt.Errorf("read runtime identity of %s: %w", t.InstanceID, err)
@@ -405,7 +425,7 @@ var tokenRE = regexp.MustCompile(`^[A-Za-z0-9:/._@+-]{1,400}$`)
 // RestartRuntime runs the restart script with token (see restartScript):
 // the runtime is restarted at most once per token, and only when the box's
 // journal (or force) owes it.
-func (a *Access) RestartRuntime(ctx context.Context, t Target, token string, force bool) (RestartReply, error) {
+func (a *Access) RestartRuntime(ctx context.Context, t reconcile.Box, token string, force bool) (RestartReply, error) {
 	if !tokenRE.MatchString(token) {
 		return RestartReply{}, fmt.Errorf("restart %s: token %q is not a restart id", t.InstanceID, token)
 	}
@@ -445,7 +465,7 @@ const maxJournal = 64 << 10
 // ReadRestartState reads the runtime's identity and the box's journal in
 // one command. Read-only: a swap or a restart in progress may be half seen,
 // and every half is read conservatively (see internal/restart).
-func (a *Access) ReadRestartState(ctx context.Context, t Target) (identity, journal string, err error) {
+func (a *Access) ReadRestartState(ctx context.Context, t reconcile.Box) (identity, journal string, err error) {
 	cmd := fmt.Sprintf(`id=$(sh -c %s </dev/null 2>/dev/null | head -n 1); if [ -z "$id" ]; then exit 68; fi; printf '%%s\n' "$id"; j=%s/journal; if [ -f "$j" ]; then head -c %d "$j"; fi`,
 		quote(a.cfg.IdentityCommand), quote(stateDir(t)), maxJournal)
 	out, status, err := a.run(ctx, t, cmd, nil, maxJournal+1024)
@@ -466,7 +486,7 @@ func (a *Access) ReadRestartState(ctx context.Context, t Target) (identity, jour
 // box lock, every line not sealed with the identity it reads now. Called
 // after a verified restart (a reboot) or when the decision found nothing
 // owed, so a line without an identity is settled too.
-func (a *Access) PruneJournal(ctx context.Context, t Target) error {
+func (a *Access) PruneJournal(ctx context.Context, t reconcile.Box) error {
 	cmd := fmt.Sprintf(`set -eu
 state=%s
 [ -f "$state/journal" ] || exit 0
@@ -493,7 +513,7 @@ mv "$state/journal.new" "$state/journal"`, quote(stateDir(t)), quote(a.cfg.Ident
 
 // InstanceRunning fails with the instance's typed error when EC2 says it is
 // not running or does not exist; a failure to ask is no answer (nil).
-func (a *Access) InstanceRunning(ctx context.Context, t Target) error {
+func (a *Access) InstanceRunning(ctx context.Context, t reconcile.Box) error {
 	_, _, err := a.describe(ctx, t)
 	var state *InstanceStateError
 	var unknown *UnknownInstanceError
@@ -505,7 +525,7 @@ func (a *Access) InstanceRunning(ctx context.Context, t Target) error {
 
 // RebootInstance reboots the instance through EC2. The shared connection to
 // it is dropped; the next operation reconnects with a fresh key.
-func (a *Access) RebootInstance(ctx context.Context, t Target) error {
+func (a *Access) RebootInstance(ctx context.Context, t reconcile.Box) error {
 	if err := t.Validate(); err != nil {
 		return err
 	}

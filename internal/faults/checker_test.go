@@ -24,8 +24,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/restart"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
@@ -528,7 +527,7 @@ func (l *lane) check(ws string, box *fleet.Box, desired []workflows.Plugin) stri
 	}
 	journal, _ := os.ReadFile(filepath.Join(box.PluginRoot, ".reconciler", "journal"))
 	current := box.Identity()
-	for _, e := range restart.ParseJournal(string(journal)) {
+	for _, e := range reconcile.ParseJournal(string(journal)) {
 		if e.Identity == "" || e.Identity == current {
 			return fmt.Sprintf("pending on the box: journal line %q owes a restart", e.Plugin+" "+e.Identity)
 		}
@@ -549,7 +548,7 @@ func (l *lane) check(ws string, box *fleet.Box, desired []workflows.Plugin) stri
 		if err != nil {
 			return fmt.Sprintf("%s is not on the box", p.Name)
 		}
-		m, err := plugin.ParseManifest(data)
+		m, err := reconcile.ParseManifest(data)
 		if err != nil || m.Version != p.Version {
 			return fmt.Sprintf("%s on the box is %q, declared %s", p.Name, m.Version, p.Version)
 		}

@@ -29,7 +29,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
@@ -237,8 +237,8 @@ func TestBadManifestsAreRedelivered(t *testing.T) {
 		"p-binary":     {0x7f, 'E', 'L', 'F', 0, 1, 2, 3},
 		"p-huge":       bytes.Repeat([]byte("name: p-huge\n"), 10<<20/13),
 		"p-bomb":       []byte(bomb + "name: p-bomb\nversion: *i\n"),
-		"p-other":      plugin.Manifest{Name: "someone-else", Version: "1.0.0"}.Marshal(),
-		"p-unreadable": plugin.Manifest{Name: "p-unreadable", Version: "1.0.0"}.Marshal(),
+		"p-other":      reconcile.Manifest{Name: "someone-else", Version: "1.0.0"}.Marshal(),
+		"p-unreadable": reconcile.Manifest{Name: "p-unreadable", Version: "1.0.0"}.Marshal(),
 	}
 	var plugins []workflows.Plugin
 	for name := range manifests {
@@ -254,9 +254,9 @@ func TestBadManifestsAreRedelivered(t *testing.T) {
 		dir := filepath.Join(b.PluginRoot, name)
 		require.NoError(t, os.MkdirAll(dir, 0o755))
 		require.NoError(t, os.Chown(dir, uid, gid))
-		require.NoError(t, os.WriteFile(filepath.Join(dir, plugin.ManifestFile), data, 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, reconcile.ManifestFile), data, 0o644))
 	}
-	require.NoError(t, os.Chmod(filepath.Join(b.PluginRoot, "p-unreadable", plugin.ManifestFile), 0))
+	require.NoError(t, os.Chmod(filepath.Join(b.PluginRoot, "p-unreadable", reconcile.ManifestFile), 0))
 	h.start("bad-manifests", plugins)
 	res, err := h.wait("bad-manifests", 3*time.Minute)
 	require.NoError(t, err)

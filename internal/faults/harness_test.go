@@ -24,6 +24,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -287,10 +288,7 @@ func (h *harness) box(ws string, boot map[string]string) *fleet.Box {
 	}
 	b, err := h.fleet.AddBox(fleet.BoxSpec{BootInstalled: bundles})
 	require.NoError(h.t, err)
-	require.NoError(h.t, h.store.UpsertWorkspace(ctx(h.t), store.Workspace{
-		ID: ws, InstanceID: b.InstanceID, Region: "us-east-1", AvailabilityZone: b.AvailabilityZone,
-		OSUser: h.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey,
-	}))
+	require.NoError(h.t, h.store.UpsertWorkspace(ctx(h.t), store.Workspace{Box: reconcile.Box{ID: ws, InstanceID: b.InstanceID, Region: "us-east-1", AvailabilityZone: b.AvailabilityZone, OSUser: h.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey}}))
 	return b
 }
 
@@ -365,5 +363,5 @@ func (h *harness) checkBox(ws string, b *fleet.Box, plugins []workflows.Plugin, 
 }
 
 func storeWorkspace(ws, instance string, h *harness) store.Workspace {
-	return store.Workspace{ID: ws, InstanceID: instance, Region: "us-east-1", OSUser: h.fleet.User(), PluginRoot: "/tmp/none"}
+	return store.Workspace{Box: reconcile.Box{ID: ws, InstanceID: instance, Region: "us-east-1", OSUser: h.fleet.User(), PluginRoot: "/tmp/none"}}
 }

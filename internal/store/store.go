@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // ErrNotFound: no such workspace.
@@ -40,15 +42,9 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 // Close closes the pool.
 func (s *Store) Close() { s.pool.Close() }
 
-// Workspace is a workspace and its box.
+// Workspace is a workspace: its box, its pending restart and its status.
 type Workspace struct {
-	ID                  string
-	InstanceID          string
-	Region              string
-	AvailabilityZone    string
-	OSUser              string
-	PluginRoot          string
-	HostKey             string // empty: not pinned yet
+	reconcile.Box       // HostKey empty: not pinned yet
 	RestartPendingSince *time.Time
 	Status              string
 }

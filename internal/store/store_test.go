@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 )
@@ -36,7 +37,7 @@ func open(t *testing.T) *store.Store {
 
 func addWorkspace(t *testing.T, s *store.Store, id, instance string) {
 	t.Helper()
-	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: id, InstanceID: instance, Region: "us-east-1"}))
+	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{Box: reconcile.Box{ID: id, InstanceID: instance, Region: "us-east-1"}}))
 }
 
 func TestMigrationsApplyOnceWhenRacing(t *testing.T) {
@@ -111,7 +112,7 @@ func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
 
 	// Re-registering changes coordinates, keeps the pinned key.
 	require.NoError(t, s.RecordHostKey(ctx(t), "i-0123456789abcdef0", "ssh-ed25519 AAAA"))
-	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef0", Region: "eu-west-1", OSUser: "ec2-user"}))
+	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{Box: reconcile.Box{ID: "ws-1", InstanceID: "i-0123456789abcdef0", Region: "eu-west-1", OSUser: "ec2-user"}}))
 	w, err = s.Workspace(ctx(t), "ws-1")
 	require.NoError(t, err)
 	require.Equal(t, "eu-west-1", w.Region)
@@ -120,7 +121,7 @@ func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
 
 	// Moving to another instance drops what belonged to the old one.
 	mark(t, s, "ws-1", "gh")
-	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ws-1", InstanceID: "i-0123456789abcdef9", Region: "eu-west-1"}))
+	require.NoError(t, s.UpsertWorkspace(ctx(t), store.Workspace{Box: reconcile.Box{ID: "ws-1", InstanceID: "i-0123456789abcdef9", Region: "eu-west-1"}}))
 	w, err = s.Workspace(ctx(t), "ws-1")
 	require.NoError(t, err)
 	require.Empty(t, w.HostKey)
@@ -130,8 +131,8 @@ func TestWorkspaceDefaultsAndUpsert(t *testing.T) {
 	require.Empty(t, st.Marks)
 
 	// Bad ids are refused by the schema.
-	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "../x", InstanceID: "i-0123456789abcdef1", Region: "r"}))
-	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{ID: "ok", InstanceID: "i-; reboot", Region: "r"}))
+	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{Box: reconcile.Box{ID: "../x", InstanceID: "i-0123456789abcdef1", Region: "r"}}))
+	require.Error(t, s.UpsertWorkspace(ctx(t), store.Workspace{Box: reconcile.Box{ID: "ok", InstanceID: "i-; reboot", Region: "r"}}))
 }
 
 func TestRecordHostKeyPinsOnce(t *testing.T) {

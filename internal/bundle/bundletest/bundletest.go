@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 // Raw is a tar.gz holding a valid plugin.yaml for name@1.0.0 followed by
@@ -20,8 +20,8 @@ func Raw(t testing.TB, name string, extra ...tar.Header) []byte {
 	var gb bytes.Buffer
 	zw := gzip.NewWriter(&gb)
 	tw := tar.NewWriter(zw)
-	m := plugin.Manifest{Name: name, Version: "1.0.0"}.Marshal()
-	require.NoError(t, tw.WriteHeader(&tar.Header{Name: plugin.ManifestFile, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(m))}))
+	m := reconcile.Manifest{Name: name, Version: "1.0.0"}.Marshal()
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: reconcile.ManifestFile, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(m))}))
 	_, err := tw.Write(m)
 	require.NoError(t, err)
 	for _, h := range extra {

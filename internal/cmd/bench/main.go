@@ -36,6 +36,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
@@ -400,8 +401,7 @@ func (b *bench) boxes(ctx context.Context, prefix string, missing func(int) []in
 		}
 		box.SetLatency(b.o.sshLatency)
 		ws := fmt.Sprintf("%s-%04d", prefix, i)
-		if err := b.st.UpsertWorkspace(ctx, store.Workspace{ID: ws, InstanceID: box.InstanceID, Region: "us-east-1",
-			AvailabilityZone: box.AvailabilityZone, OSUser: fl.User(), PluginRoot: box.PluginRoot, HostKey: box.HostKey}); err != nil {
+		if err := b.st.UpsertWorkspace(ctx, store.Workspace{Box: reconcile.Box{ID: ws, InstanceID: box.InstanceID, Region: "us-east-1", AvailabilityZone: box.AvailabilityZone, OSUser: fl.User(), PluginRoot: box.PluginRoot, HostKey: box.HostKey}}); err != nil {
 			return fl, nil, nil, err
 		}
 		ids = append(ids, ws)
@@ -610,7 +610,7 @@ func (b *bench) ioFloor(ctx context.Context) (result, error) {
 		go func() {
 			defer wg.Done()
 			t0 := time.Now()
-			out, err := access.ReadManifests(ctx, eic.Target{InstanceID: box.InstanceID, OSUser: fl.User(), HostKey: box.HostKey, PluginRoot: box.PluginRoot}, names)
+			out, err := access.ReadManifests(ctx, reconcile.Box{InstanceID: box.InstanceID, OSUser: fl.User(), HostKey: box.HostKey, PluginRoot: box.PluginRoot}, names)
 			if err == nil && len(out) != len(names) {
 				err = fmt.Errorf("%d manifests", len(out))
 			}

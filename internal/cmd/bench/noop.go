@@ -6,7 +6,7 @@ import (
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/plugin"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 )
 
@@ -14,24 +14,23 @@ import (
 // it cost only their orchestration, the floor ours is measured against.
 type noop struct{ version string }
 
-func (n noop) ReadManifest(_ context.Context, _ eic.Target, name string) ([]byte, error) {
-	return plugin.Manifest{Name: name, Version: n.version}.Marshal(), nil
+func (n noop) ReadManifest(_ context.Context, _ reconcile.Box, name string) ([]byte, error) {
+	return reconcile.Manifest{Name: name, Version: n.version}.Marshal(), nil
 }
-func (noop) Install(context.Context, eic.Target, string, string, []byte, func(int64)) (eic.Installed, error) {
+func (noop) Install(context.Context, reconcile.Box, string, string, []byte, func(int64)) (eic.Installed, error) {
 	return eic.Installed{}, nil
 }
-func (noop) ReadRestartState(context.Context, eic.Target) (string, string, error) {
+func (noop) ReadRestartState(context.Context, reconcile.Box) (string, string, error) {
 	return "noop", "", nil
 }
-func (noop) RestartRuntime(context.Context, eic.Target, string, bool) (eic.RestartReply, error) {
+func (noop) RestartRuntime(context.Context, reconcile.Box, string, bool) (eic.RestartReply, error) {
 	return eic.RestartReply{Result: eic.RestartNotNeeded, Identity: "noop"}, nil
 }
-func (noop) RebootInstance(context.Context, eic.Target) error  { return nil }
-func (noop) InstanceRunning(context.Context, eic.Target) error { return nil }
-func (noop) PruneJournal(context.Context, eic.Target) error    { return nil }
+func (noop) RebootInstance(context.Context, reconcile.Box) error  { return nil }
+func (noop) InstanceRunning(context.Context, reconcile.Box) error { return nil }
+func (noop) PruneJournal(context.Context, reconcile.Box) error    { return nil }
 func (noop) Workspace(_ context.Context, id string) (store.Workspace, error) {
-	return store.Workspace{ID: id, InstanceID: "i-0000000000000001", Region: "us-east-1", OSUser: "ubuntu",
-		PluginRoot: store.DefaultPluginRoot, Status: "active"}, nil
+	return store.Workspace{Box: reconcile.Box{ID: id, InstanceID: "i-0000000000000001", Region: "us-east-1", OSUser: "ubuntu", PluginRoot: store.DefaultPluginRoot}, Status: "active"}, nil
 }
 func (noop) RecordTracking(context.Context, store.Tracking) error { return nil }
 func (noop) MarkRestartPending(context.Context, string, string) (time.Time, error) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
@@ -64,10 +65,7 @@ func (p *provisioner) BootBox(ctx context.Context, in ProvisionInput) (Box, erro
 	if err != nil {
 		return Box{}, err
 	}
-	err = p.store.UpsertWorkspace(ctx, store.Workspace{
-		ID: in.WorkspaceID, InstanceID: b.InstanceID, Region: p.fleet.AWS.Region, AvailabilityZone: b.AvailabilityZone,
-		OSUser: p.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey,
-	})
+	err = p.store.UpsertWorkspace(ctx, store.Workspace{Box: reconcile.Box{ID: in.WorkspaceID, InstanceID: b.InstanceID, Region: p.fleet.AWS.Region, AvailabilityZone: b.AvailabilityZone, OSUser: p.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey}})
 	return Box{InstanceID: b.InstanceID, Addr: b.Addr()}, err
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -107,10 +108,7 @@ func (s *Stack) BootBox(bootInstalled map[string]string) *fleet.Box {
 // to trust on first use.
 func (s *Stack) Box(workspace string, bootInstalled map[string]string) *fleet.Box {
 	b := s.BootBox(bootInstalled)
-	require.NoError(s.T, s.Service.Store.UpsertWorkspace(Ctx(s.T), store.Workspace{
-		ID: workspace, InstanceID: b.InstanceID, Region: fleettest.Region, AvailabilityZone: b.AvailabilityZone,
-		OSUser: s.Fleet.User(), PluginRoot: b.PluginRoot,
-	}))
+	require.NoError(s.T, s.Service.Store.UpsertWorkspace(Ctx(s.T), store.Workspace{Box: reconcile.Box{ID: workspace, InstanceID: b.InstanceID, Region: fleettest.Region, AvailabilityZone: b.AvailabilityZone, OSUser: s.Fleet.User(), PluginRoot: b.PluginRoot}}))
 	return b
 }
 

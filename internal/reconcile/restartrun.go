@@ -1,4 +1,4 @@
-package restart
+package reconcile
 
 import (
 	"context"
@@ -7,28 +7,28 @@ import (
 	"time"
 )
 
-// StoreFacts is the store's part of Facts.
-type StoreFacts struct {
+// LedgerFacts is the store's part of RestartFacts.
+type LedgerFacts struct {
 	PendingSince *time.Time
 	// MarkIdentities are every pending mark's seal, LegacyMarks those of
 	// marks written before the journal existed.
 	MarkIdentities []string
 	LegacyMarks    []string
 	LatestMark     time.Time
-	InFlight       *Issued
+	InFlight       *IssuedRestart
 	ReadAt         time.Time
 }
 
 // Ledger is the store's part of the protocol, for one workspace.
 type Ledger interface {
 	// Facts reads the pending marks and the restart in flight.
-	Facts(ctx context.Context) (StoreFacts, error)
+	Facts(ctx context.Context) (LedgerFacts, error)
 	// Issue records a restart before its command is sent, unless one is
 	// in flight already: then it returns that one and created is false.
-	Issue(ctx context.Context, r Issued, reason string) (in Issued, created bool, err error)
+	Issue(ctx context.Context, r IssuedRestart, reason string) (in IssuedRestart, created bool, err error)
 	// Complete closes a restart's row and clears the marks made up to its
 	// request (and the pending time when none is left). Idempotent.
-	Complete(ctx context.Context, restartID, identityAfter string, outcome Outcome) error
+	Complete(ctx context.Context, restartID, identityAfter string, outcome LedgerOutcome) error
 	// Fail closes a restart's row as failed: the next attempt issues anew.
 	Fail(ctx context.Context, restartID, reason string) error
 	// Clear clears marks made up to upTo: nothing is owed for them.
@@ -38,26 +38,26 @@ type Ledger interface {
 // BoxState is what the box says: its runtime identity and its journal.
 type BoxState struct {
 	Identity string
-	Journal  []Entry
+	Journal  []JournalEntry
 }
 
-// Reply is the restart script's answer.
-type Reply struct {
-	Result   Outcome // Restarted, Already (the token was applied before), NotNeeded (the journal owed nothing)
-	Before   string  // the runtime's identity the token was applied under
-	Identity string  // the runtime's identity after
-	// Status and Message: the restart command failed (Result Failed).
+// RestartReply is the restart script's answer.
+type RestartReply struct {
+	Result   LedgerOutcome // LedgerRestarted, LedgerAlready (the token was applied before), LedgerNotNeeded (the journal owed nothing)
+	Before   string        // the runtime's identity the token was applied under
+	Identity string        // the runtime's identity after
+	// Status and Message: the restart command failed (Result LedgerFailed).
 	Status  int
 	Message string
 }
 
-// Box is the box's part of the protocol, for one box.
-type Box interface {
+// BoxSide is the box's part of the protocol, for one box.
+type BoxSide interface {
 	State(ctx context.Context) (BoxState, error)
 	// RestartRuntime runs the restart script with token: under the box's
 	// exclusive lock it applies a token once, and only when the journal
 	// (or force) owes a restart.
-	RestartRuntime(ctx context.Context, token string, force bool) (Reply, error)
+	RestartRuntime(ctx context.Context, token string, force bool) (RestartReply, error)
 	// Reboot asks EC2 to reboot the instance.
 	Reboot(ctx context.Context) error
 	// Running fails, with the box's typed error, only when the instance is
@@ -68,36 +68,36 @@ type Box interface {
 	Prune(ctx context.Context, current string) error
 }
 
-// Outcome is how one issued restart ended.
-type Outcome string
+// LedgerOutcome is how one issued restart ended.
+type LedgerOutcome string
 
 // Outcomes.
 const (
-	Restarted Outcome = "restarted"
-	Already   Outcome = "already"    // applied by an earlier attempt: this one only confirmed it
-	NotNeeded Outcome = "not-needed" // the box owed nothing when it was issued
-	Failed    Outcome = "failed"
+	LedgerRestarted LedgerOutcome = "restarted"
+	LedgerAlready   LedgerOutcome = "already"    // applied by an earlier attempt: this one only confirmed it
+	LedgerNotNeeded LedgerOutcome = "not-needed" // the box owed nothing when it was issued
+	LedgerFailed    LedgerOutcome = "failed"
 )
 
-// ReadFacts reads a workspace's facts: the store's, then the box's.
-func ReadFacts(ctx context.Context, l Ledger, b Box) (Facts, error) {
+// ReadRestartFacts reads a workspace's facts: the store's, then the box's.
+func ReadRestartFacts(ctx context.Context, l Ledger, b BoxSide) (RestartFacts, error) {
 	sf, err := l.Facts(ctx)
 	if err != nil {
-		return Facts{}, err
+		return RestartFacts{}, err
 	}
 	bs, err := b.State(ctx)
 	if err != nil {
-		return Facts{}, err
+		return RestartFacts{}, err
 	}
-	return Facts{
+	return RestartFacts{
 		PendingSince: sf.PendingSince, MarkIdentities: sf.MarkIdentities, LatestMark: sf.LatestMark,
 		CurrentIdentity: bs.Identity, JournalRead: true, Journal: bs.Journal,
 		LegacyMarks: sf.LegacyMarks, InFlight: sf.InFlight, ReadAt: sf.ReadAt,
 	}, nil
 }
 
-// Request asks Run for the restart a workspace owes.
-type Request struct {
+// RestartRequest asks RunRestart for the restart a workspace owes.
+type RestartRequest struct {
 	// RestartID names the restart this attempt would issue; unique per
 	// attempt (a retry that finds it in flight adopts it).
 	RestartID string
@@ -114,18 +114,18 @@ type Request struct {
 	Tick func()
 }
 
-// Result is what Run did: the restarts it issued or adopted, in order.
-type Result struct {
-	Restarts []Done
+// RestartRun is what RunRestart did: the restarts it issued or adopted, in order.
+type RestartRun struct {
+	Restarts []SeenRestart
 	// Decision is the last decision, when nothing (more) was owed.
-	Decision Decision
+	Decision RestartDecision
 }
 
-// Done is one restart Run saw through.
-type Done struct {
+// SeenRestart is one restart RunRestart saw through.
+type SeenRestart struct {
 	RestartID      string
 	Mode           string
-	Outcome        Outcome
+	Outcome        LedgerOutcome
 	IdentityBefore string
 	IdentityAfter  string
 	Adopted        bool // issued by another attempt or run
@@ -133,34 +133,34 @@ type Done struct {
 
 // Restarted reports whether the box's runtime restarted for r's restarts
 // (by this attempt or by the one it adopted).
-func (r Result) Restarted() bool {
+func (r RestartRun) Restarted() bool {
 	for _, d := range r.Restarts {
-		if d.Outcome == Restarted || d.Outcome == Already {
+		if d.Outcome == LedgerRestarted || d.Outcome == LedgerAlready {
 			return true
 		}
 	}
 	return false
 }
 
-// CommandError is a restart command that ran on the box and failed.
+// RestartCommandError is a restart command that ran on the box and failed.
 // Permanent marks the failures retrying cannot mend: the command is missing
 // or not executable (126, 127), or it has failed on every one of
-// MaxCommandAttempts attempts (a refused sudo, a broken unit).
-type CommandError struct {
+// MaxRestartCommandAttempts attempts (a refused sudo, a broken unit).
+type RestartCommandError struct {
 	Status    int
 	Message   string
 	Permanent bool
 }
 
-func (e *CommandError) Error() string {
+func (e *RestartCommandError) Error() string {
 	return fmt.Sprintf("restart command exited %d: %s", e.Status, e.Message)
 }
 
-// MaxCommandAttempts bounds the attempts of a restart command that runs and
+// MaxRestartCommandAttempts bounds the attempts of a restart command that runs and
 // fails: enough to ride out a unit that fails to start once.
-const MaxCommandAttempts = 3
+const MaxRestartCommandAttempts = 3
 
-// Run sees a workspace's owed restart through, exactly once: it adopts a
+// RunRestart sees a workspace's owed restart through, exactly once: it adopts a
 // restart already in flight (whoever issued it), or issues one when the
 // facts owe it, and completes it once the runtime's identity has changed.
 // It loops while something is owed, so a swap that landed during the
@@ -172,16 +172,16 @@ const MaxCommandAttempts = 3
 // lock and refuses to restart when its journal owes nothing, and in reboot
 // mode a restart issued by another attempt is waited for, not sent again,
 // for RebootGrace.
-func Run(ctx context.Context, l Ledger, b Box, req Request) (Result, error) {
-	var res Result
+func RunRestart(ctx context.Context, l Ledger, b BoxSide, req RestartRequest) (RestartRun, error) {
+	var res RestartRun
 	for i := range 4 {
-		f, err := ReadFacts(ctx, l, b)
+		f, err := ReadRestartFacts(ctx, l, b)
 		if err != nil {
 			return res, err
 		}
-		d := Decide(Round{}, f)
+		d := DecideRestart(RestartRound{}, f)
 		if !d.Restart() {
-			if d.Action == Clear {
+			if d.Action == ClearMarks {
 				if err := clear(ctx, l, b, f); err != nil {
 					return res, err
 				}
@@ -189,7 +189,7 @@ func Run(ctx context.Context, l Ledger, b Box, req Request) (Result, error) {
 			res.Decision = d
 			return res, nil
 		}
-		row, created := Issued{}, false
+		row, created := IssuedRestart{}, false
 		if f.InFlight != nil {
 			row = *f.InFlight
 		} else {
@@ -199,7 +199,7 @@ func Run(ctx context.Context, l Ledger, b Box, req Request) (Result, error) {
 			if i > 0 {
 				id = fmt.Sprintf("%s.%d", req.RestartID, i)
 			}
-			row, created, err = l.Issue(ctx, Issued{RestartID: id, Mode: req.Mode, IdentityBefore: f.CurrentIdentity, Force: f.LegacyOwed()}, req.Reason)
+			row, created, err = l.Issue(ctx, IssuedRestart{RestartID: id, Mode: req.Mode, IdentityBefore: f.CurrentIdentity, Force: f.LegacyOwed()}, req.Reason)
 			if err != nil {
 				return res, err
 			}
@@ -214,8 +214,8 @@ func Run(ctx context.Context, l Ledger, b Box, req Request) (Result, error) {
 }
 
 // see carries one issued restart to its end and completes its row.
-func see(ctx context.Context, l Ledger, b Box, req Request, row Issued, created bool) (Done, error) {
-	done := Done{RestartID: row.RestartID, Mode: row.Mode, IdentityBefore: row.IdentityBefore, Adopted: !created}
+func see(ctx context.Context, l Ledger, b BoxSide, req RestartRequest, row IssuedRestart, created bool) (SeenRestart, error) {
+	done := SeenRestart{RestartID: row.RestartID, Mode: row.Mode, IdentityBefore: row.IdentityBefore, Adopted: !created}
 	if row.Mode == "" {
 		done.Mode = ModeRuntime
 	}
@@ -229,7 +229,7 @@ func see(ctx context.Context, l Ledger, b Box, req Request, row Issued, created 
 	if err != nil {
 		return done, err
 	}
-	if done.Outcome == Failed {
+	if done.Outcome == LedgerFailed {
 		return done, nil
 	}
 	if err := l.Complete(ctx, row.RestartID, done.IdentityAfter, done.Outcome); err != nil {
@@ -238,17 +238,17 @@ func see(ctx context.Context, l Ledger, b Box, req Request, row Issued, created 
 	return done, nil
 }
 
-func restartRuntime(ctx context.Context, l Ledger, b Box, req Request, row Issued) (Outcome, string, error) {
+func restartRuntime(ctx context.Context, l Ledger, b BoxSide, req RestartRequest, row IssuedRestart) (LedgerOutcome, string, error) {
 	reply, err := b.RestartRuntime(ctx, row.RestartID, row.Force)
 	if err != nil {
 		return "", "", err // the row stays in flight: the next attempt sends the same token
 	}
 	switch reply.Result {
-	case NotNeeded:
-		return NotNeeded, reply.Identity, nil
-	case Failed:
-		cerr := &CommandError{Status: reply.Status, Message: reply.Message}
-		cerr.Permanent = reply.Status == 126 || reply.Status == 127 || req.Attempt >= MaxCommandAttempts
+	case LedgerNotNeeded:
+		return LedgerNotNeeded, reply.Identity, nil
+	case LedgerFailed:
+		cerr := &RestartCommandError{Status: reply.Status, Message: reply.Message}
+		cerr.Permanent = reply.Status == 126 || reply.Status == 127 || req.Attempt >= MaxRestartCommandAttempts
 		if err := l.Fail(ctx, row.RestartID, cerr.Error()); err != nil {
 			return "", "", err
 		}
@@ -269,16 +269,16 @@ func restartRuntime(ctx context.Context, l Ledger, b Box, req Request, row Issue
 	return reply.Result, after, err
 }
 
-func reboot(ctx context.Context, l Ledger, b Box, req Request, row Issued, created bool) (Outcome, string, error) {
+func reboot(ctx context.Context, l Ledger, b BoxSide, req RestartRequest, row IssuedRestart, created bool) (LedgerOutcome, string, error) {
 	if created {
 		// A restart may have completed between the facts and the issue:
 		// look again before sending a reboot.
-		f, err := ReadFacts(ctx, l, b)
+		f, err := ReadRestartFacts(ctx, l, b)
 		if err != nil {
 			return "", "", err
 		}
-		if !Decide(Round{}, withoutInFlight(f)).Restart() {
-			return NotNeeded, f.CurrentIdentity, nil
+		if !DecideRestart(RestartRound{}, withoutInFlight(f)).Restart() {
+			return LedgerNotNeeded, f.CurrentIdentity, nil
 		}
 		if err := b.Reboot(ctx); err != nil {
 			return "", "", err
@@ -287,9 +287,9 @@ func reboot(ctx context.Context, l Ledger, b Box, req Request, row Issued, creat
 		if err != nil {
 			return "", "", err
 		}
-		return Restarted, after, prune(ctx, b, after)
+		return LedgerRestarted, after, prune(ctx, b, after)
 	}
-	// Issued by another attempt: wait for it, up to the grace since it was
+	// IssuedRestart by another attempt: wait for it, up to the grace since it was
 	// issued, before counting it as lost and issuing again.
 	grace := req.RebootGrace - row.Age
 	if grace < time.Second {
@@ -300,24 +300,24 @@ func reboot(ctx context.Context, l Ledger, b Box, req Request, row Issued, creat
 		if err := l.Fail(ctx, row.RestartID, fmt.Sprintf("no reboot seen within %s of the request", req.RebootGrace)); err != nil {
 			return "", "", err
 		}
-		return Failed, "", nil
+		return LedgerFailed, "", nil
 	}
 	if err != nil {
 		return "", "", err
 	}
-	return Already, after, prune(ctx, b, after)
+	return LedgerAlready, after, prune(ctx, b, after)
 }
 
-func withoutInFlight(f Facts) Facts {
+func withoutInFlight(f RestartFacts) RestartFacts {
 	f.InFlight = nil
 	return f
 }
 
-func prune(ctx context.Context, b Box, current string) error {
+func prune(ctx context.Context, b BoxSide, current string) error {
 	return b.Prune(ctx, current)
 }
 
-func clear(ctx context.Context, l Ledger, b Box, f Facts) error {
+func clear(ctx context.Context, l Ledger, b BoxSide, f RestartFacts) error {
 	if len(f.Journal) > 0 {
 		if err := b.Prune(ctx, f.CurrentIdentity); err != nil {
 			return err
@@ -332,7 +332,7 @@ var errNoChange = errors.New("runtime identity did not change")
 // old. A box that cannot be reached is restarting (or rebooting); a box
 // that is no longer running ends the wait with the box's typed error. With
 // a bound, errNoChange when it passes with the old identity still seen.
-func waitForNewIdentity(ctx context.Context, b Box, old string, bound time.Duration, tick func()) (string, error) {
+func waitForNewIdentity(ctx context.Context, b BoxSide, old string, bound time.Duration, tick func()) (string, error) {
 	var deadline <-chan time.Time
 	if bound > 0 {
 		t := time.NewTimer(bound)

@@ -4,38 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/plugin-reconciler/plugin-reconciler/activities"
 )
-
-func TestDecidePlugin(t *testing.T) {
-	want := Plugin{Name: "gh", Version: "1.2.0"}
-	wantDigest := Plugin{Name: "gh", Version: "1.2.0", Digest: "sha256:aa"}
-	tests := []struct {
-		desc    string
-		want    Plugin
-		probe   activities.Probe
-		deliver bool
-		reason  string
-	}{
-		{"present, same version", want, activities.Probe{Present: true, Version: "1.2.0"}, false, "already on the box"},
-		{"absent", want, activities.Probe{Reason: "no manifest on the box"}, true, "absent: no manifest"},
-		{"unparseable counts as absent", want, activities.Probe{Reason: "invalid manifest: empty"}, true, "absent: invalid manifest"},
-		{"stale", want, activities.Probe{Present: true, Version: "1.1.0"}, true, "stale: box has 1.1.0"},
-		{"newer on box is still not the declared one", want, activities.Probe{Present: true, Version: "9.0.0"}, true, "stale"},
-		{"digest matches", wantDigest, activities.Probe{Present: true, Version: "1.2.0", Digest: "sha256:aa"}, false, "already"},
-		{"digest differs", wantDigest, activities.Probe{Present: true, Version: "1.2.0", Digest: "sha256:bb"}, true, "digest differs"},
-		{"digest unknown on box", wantDigest, activities.Probe{Present: true, Version: "1.2.0"}, false, "already"},
-		{"digest unknown in declaration", want, activities.Probe{Present: true, Version: "1.2.0", Digest: "sha256:bb"}, false, "already"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			deliver, reason := DecidePlugin(tt.want, tt.probe)
-			require.Equal(t, tt.deliver, deliver)
-			require.Contains(t, reason, tt.reason)
-		})
-	}
-}
 
 func TestValidate(t *testing.T) {
 	ok := ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{Name: "gh", Version: "1.0.0"}}}

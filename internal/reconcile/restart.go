@@ -1,4 +1,4 @@
-// Package restart is the reconciler's restart protocol: how every change
+// The restart protocol: how every change
 // swapped onto a box is followed by exactly one restart of its runtime after
 // the swap, how no restart happens without a change, and how nothing owed is
 // lost, whatever triggers, crashes, retries, deploys, resets and operator
@@ -43,9 +43,12 @@
 // from "never issued" (no row), and the box itself refuses a second restart
 // for one token, and any restart when its journal owes nothing.
 //
-// Decide is the one decision, used before a restart (the workflow), inside
-// it (RestartBox) and after a cancel.
-package restart
+// DecideRestart is the one decision, used before a restart (the workflow),
+// inside it (RestartBox, through RunRestart) and after a cancel; RunRestart
+// (restartrun.go) is RestartBox's algorithm, against the Ledger and BoxSide
+// that the activities implement.
+
+package reconcile
 
 import (
 	"fmt"
@@ -60,9 +63,9 @@ const (
 	ModeReboot  = "reboot"  // EC2 RebootInstances
 )
 
-// Entry is one journal line: plugin was swapped while the runtime had
+// JournalEntry is one journal line: plugin was swapped while the runtime had
 // Identity ("" when the line could not be read: it counts as owed).
-type Entry struct {
+type JournalEntry struct {
 	Plugin   string
 	Identity string
 }
@@ -70,8 +73,8 @@ type Entry struct {
 // ParseJournal reads the box's journal, one "<plugin> <identity>" per line.
 // A line it cannot read is kept as an entry without identity: uncertain
 // means owed.
-func ParseJournal(data string) []Entry {
-	var out []Entry
+func ParseJournal(data string) []JournalEntry {
+	var out []JournalEntry
 	for _, line := range strings.Split(data, "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" {
@@ -79,16 +82,16 @@ func ParseJournal(data string) []Entry {
 		}
 		plugin, identity, ok := strings.Cut(line, " ")
 		if !ok {
-			out = append(out, Entry{Plugin: plugin})
+			out = append(out, JournalEntry{Plugin: plugin})
 			continue
 		}
-		out = append(out, Entry{Plugin: plugin, Identity: strings.TrimSpace(identity)})
+		out = append(out, JournalEntry{Plugin: plugin, Identity: strings.TrimSpace(identity)})
 	}
 	return out
 }
 
-// Issued is a ledger row of a restart issued and not yet completed.
-type Issued struct {
+// IssuedRestart is a ledger row of a restart issued and not yet completed.
+type IssuedRestart struct {
 	RestartID      string
 	Mode           string
 	IdentityBefore string
@@ -99,10 +102,10 @@ type Issued struct {
 	Age time.Duration
 }
 
-// Facts is the durable state a restart is decided from. The first four
+// RestartFacts is the durable state a restart is decided from. The first four
 // fields are what the store alone told before the box kept a journal;
 // histories recorded then carry only those, and are decided as they were.
-type Facts struct {
+type RestartFacts struct {
 	PendingSince *time.Time
 	// MarkIdentities are the identities the pending marks were sealed with
 	// ("" for a swap not verified).
@@ -114,13 +117,13 @@ type Facts struct {
 	// JournalRead: the box's journal was read (always, since it exists).
 	JournalRead bool `json:",omitempty"`
 	// Journal is what the box's journal holds.
-	Journal []Entry `json:",omitempty"`
+	Journal []JournalEntry `json:",omitempty"`
 	// LegacyMarks are the identities of pending marks written before the
 	// journal existed: the box has no line for them, so the store's seal
 	// decides them.
 	LegacyMarks []string `json:",omitempty"`
 	// InFlight is a restart issued and not yet completed.
-	InFlight *Issued `json:",omitempty"`
+	InFlight *IssuedRestart `json:",omitempty"`
 	// ReadAt is when the store part was read (its clock): marks up to it
 	// may be cleared when nothing is owed.
 	ReadAt time.Time `json:",omitempty"`
@@ -129,7 +132,7 @@ type Facts struct {
 // Owed lists the plugins whose swap the running runtime has not loaded:
 // journal lines sealed with the current identity or unreadable, and legacy
 // marks not verified or sealed with the current identity.
-func (f Facts) Owed() []string {
+func (f RestartFacts) Owed() []string {
 	var out []string
 	for _, e := range f.Journal {
 		if e.Identity == "" || e.Identity == f.CurrentIdentity {
@@ -146,63 +149,63 @@ func (f Facts) Owed() []string {
 
 // LegacyOwed: a mark written before the journal existed still owes a
 // restart.
-func (f Facts) LegacyOwed() bool {
+func (f RestartFacts) LegacyOwed() bool {
 	return slices.ContainsFunc(f.LegacyMarks, func(id string) bool { return id == "" || id == f.CurrentIdentity })
 }
 
-func (f Facts) pending() bool {
+func (f RestartFacts) pending() bool {
 	return f.PendingSince != nil || len(f.MarkIdentities) > 0 || len(f.Journal) > 0
 }
 
-// Action is what a decision asks for.
-type Action string
+// RestartAction is what a decision asks for.
+type RestartAction string
 
 // Actions.
 const (
-	// Skip: nothing owed, nothing to clear.
-	Skip Action = "skip"
-	// Restart the box (or adopt the restart already in flight).
-	Restart Action = "restart"
-	// Clear: nothing owed, but marks or journal lines the runtime has
+	// NoRestart: nothing owed, nothing to clear.
+	NoRestart RestartAction = "skip"
+	// DoRestart: restart the box (or adopt the restart already in flight).
+	DoRestart RestartAction = "restart"
+	// ClearMarks: nothing owed, but marks or journal lines the runtime has
 	// already outlived are to be cleared.
-	Clear Action = "clear"
+	ClearMarks RestartAction = "clear"
 )
 
-// Code is a short, fixed label for metrics (Prometheus-safe as it is).
-type Code string
+// RestartCode is a short, fixed label for metrics (Prometheus-safe as it is).
+type RestartCode string
 
 // Codes. The first six are the labels the metrics have always had.
 const (
-	CodeDelivered        Code = "delivered"         // restart: this round swapped something
-	CodeOwed             Code = "owed"              // restart: owed from an earlier run
-	CodeUnverified       Code = "unverified"        // restart: a swap was not verified
-	CodeNoMark           Code = "no_mark"           // restart: delivered, no mark found (histories before the journal)
-	CodeNothingDelivered Code = "nothing_delivered" // skip: everything was already on the box
-	CodeRuntimeRestarted Code = "runtime_restarted" // clear: the runtime restarted since the last swap
-	CodeInFlight         Code = "in_flight"         // restart: one was issued and is not yet verified
-	CodeUnchanged        Code = "unchanged"         // skip or clear: deliveries found their bundle on the box, nothing swapped
-	CodePlanned          Code = "planned"           // dry run: deliveries would swap
+	CodeDelivered        RestartCode = "delivered"         // restart: this round swapped something
+	CodeOwed             RestartCode = "owed"              // restart: owed from an earlier run
+	CodeUnverified       RestartCode = "unverified"        // restart: a swap was not verified
+	CodeNoMark           RestartCode = "no_mark"           // restart: delivered, no mark found (histories before the journal)
+	CodeNothingDelivered RestartCode = "nothing_delivered" // skip: everything was already on the box
+	CodeRuntimeRestarted RestartCode = "runtime_restarted" // clear: the runtime restarted since the last swap
+	CodeInFlight         RestartCode = "in_flight"         // restart: one was issued and is not yet verified
+	CodeUnchanged        RestartCode = "unchanged"         // skip or clear: deliveries found their bundle on the box, nothing swapped
+	CodePlanned          RestartCode = "planned"           // dry run: deliveries would swap
 )
 
-// Decision is the outcome of Decide.
-type Decision struct {
-	Action Action
-	Code   Code
+// RestartDecision is the outcome of DecideRestart.
+type RestartDecision struct {
+	Action RestartAction
+	Code   RestartCode
 	Reason string
 }
 
 // Restart reports whether the decision is to restart.
-func (d Decision) Restart() bool { return d.Action == Restart }
+func (d RestartDecision) Restart() bool { return d.Action == DoRestart }
 
-// Round is what one round of a reconcile did: deliveries (or, in a dry
+// RestartRound is what one round of a reconcile did: deliveries (or, in a dry
 // run, deliveries it would make) and plugins found already on the box.
-type Round struct {
+type RestartRound struct {
 	Delivered int
 	Present   int
 	DryRun    bool
 }
 
-// Decide decides a box's restart from durable state, not from what a run
+// DecideRestart decides a box's restart from durable state, not from what a run
 // remembers. Anything uncertain restarts: a missed restart leaves old code
 // running, a spare one costs a restart.
 //
@@ -214,11 +217,11 @@ type Round struct {
 //   - Lines or marks the runtime has outlived: clear them, no restart.
 //   - Otherwise: no restart (deliveries that found their bundle already on
 //     the box swapped nothing).
-func Decide(r Round, f Facts) Decision {
+func DecideRestart(r RestartRound, f RestartFacts) RestartDecision {
 	if !f.JournalRead {
 		return decideFromMarks(r, f)
 	}
-	cause := func(code Code) string {
+	cause := func(code RestartCode) string {
 		if r.Delivered > 0 {
 			return fmt.Sprintf("%d plugin(s) delivered", r.Delivered)
 		}
@@ -231,32 +234,32 @@ func Decide(r Round, f Facts) Decision {
 	owed := f.Owed()
 	switch {
 	case f.InFlight != nil:
-		return Decision{Restart, CodeInFlight, fmt.Sprintf("a restart issued %s ago is not yet verified", f.InFlight.Age.Round(time.Second))}
+		return RestartDecision{DoRestart, CodeInFlight, fmt.Sprintf("a restart issued %s ago is not yet verified", f.InFlight.Age.Round(time.Second))}
 	case len(owed) > 0:
 		code := CodeOwed
 		if r.Delivered > 0 {
 			code = CodeDelivered
 		}
-		if slices.ContainsFunc(f.Journal, func(e Entry) bool { return e.Identity == "" }) || slices.Contains(f.LegacyMarks, "") {
-			return Decision{Restart, CodeUnverified, cause(code) + "; a swap was not verified: " + strings.Join(owed, ", ")}
+		if slices.ContainsFunc(f.Journal, func(e JournalEntry) bool { return e.Identity == "" }) || slices.Contains(f.LegacyMarks, "") {
+			return RestartDecision{DoRestart, CodeUnverified, cause(code) + "; a swap was not verified: " + strings.Join(owed, ", ")}
 		}
-		return Decision{Restart, code, cause(code) + ": " + strings.Join(owed, ", ") + " not yet loaded by the runtime"}
+		return RestartDecision{DoRestart, code, cause(code) + ": " + strings.Join(owed, ", ") + " not yet loaded by the runtime"}
 	case r.DryRun && r.Delivered > 0:
-		return Decision{Restart, CodePlanned, fmt.Sprintf("%d plugin(s) to deliver", r.Delivered)}
+		return RestartDecision{DoRestart, CodePlanned, fmt.Sprintf("%d plugin(s) to deliver", r.Delivered)}
 	case len(f.Journal) > 0:
-		return Decision{Clear, CodeRuntimeRestarted, "runtime already restarted after the last swap: restart skipped"}
+		return RestartDecision{ClearMarks, CodeRuntimeRestarted, "runtime already restarted after the last swap: restart skipped"}
 	case f.pending():
-		return Decision{Clear, CodeUnchanged, "nothing was swapped since the last restart: restart skipped, pending marks cleared"}
+		return RestartDecision{ClearMarks, CodeUnchanged, "nothing was swapped since the last restart: restart skipped, pending marks cleared"}
 	case r.Delivered > 0:
-		return Decision{Skip, CodeUnchanged, fmt.Sprintf("%d delivered plugin(s) found their bundle already on the box: nothing swapped, restart skipped", r.Delivered)}
+		return RestartDecision{NoRestart, CodeUnchanged, fmt.Sprintf("%d delivered plugin(s) found their bundle already on the box: nothing swapped, restart skipped", r.Delivered)}
 	}
-	return Decision{Skip, CodeNothingDelivered, fmt.Sprintf("%d plugin(s) already on the box, nothing delivered: restart skipped", r.Present)}
+	return RestartDecision{NoRestart, CodeNothingDelivered, fmt.Sprintf("%d plugin(s) already on the box, nothing delivered: restart skipped", r.Present)}
 }
 
 // decideFromMarks is the decision as it was made before the box kept a
 // journal, from the store's marks alone. Recorded histories carry facts of
 // that shape, and replaying them must decide as they did.
-func decideFromMarks(r Round, f Facts) Decision {
+func decideFromMarks(r RestartRound, f RestartFacts) RestartDecision {
 	pending := f.PendingSince != nil || len(f.MarkIdentities) > 0
 	cause := func() string {
 		if r.Delivered > 0 {
@@ -274,15 +277,15 @@ func decideFromMarks(r Round, f Facts) Decision {
 	}
 	switch {
 	case !pending && r.Delivered == 0:
-		return Decision{Skip, CodeNothingDelivered, fmt.Sprintf("%d plugin(s) already on the box, nothing delivered: restart skipped", r.Present)}
+		return RestartDecision{NoRestart, CodeNothingDelivered, fmt.Sprintf("%d plugin(s) already on the box, nothing delivered: restart skipped", r.Present)}
 	case !pending:
-		return Decision{Restart, CodeNoMark, cause() + " (no restart mark found: restarting to be safe)"}
+		return RestartDecision{DoRestart, CodeNoMark, cause() + " (no restart mark found: restarting to be safe)"}
 	case len(f.MarkIdentities) == 0:
-		return Decision{Restart, code, cause()}
+		return RestartDecision{DoRestart, code, cause()}
 	case slices.Contains(f.MarkIdentities, ""):
-		return Decision{Restart, CodeUnverified, cause() + "; a delivery was not verified after its swap"}
+		return RestartDecision{DoRestart, CodeUnverified, cause() + "; a delivery was not verified after its swap"}
 	case slices.Contains(f.MarkIdentities, f.CurrentIdentity):
-		return Decision{Restart, code, cause()}
+		return RestartDecision{DoRestart, code, cause()}
 	}
-	return Decision{Clear, CodeRuntimeRestarted, "runtime already restarted after the last delivery: restart skipped"}
+	return RestartDecision{ClearMarks, CodeRuntimeRestarted, "runtime already restarted after the last delivery: restart skipped"}
 }
