@@ -59,138 +59,171 @@ func withActivity(ctx workflow.Context, summary string, startToClose time.Durati
 }
 
 // ReconcileWorkspace makes a workspace's box hold its declared plugins:
-// validate, load the box, fan out one ReconcilePlugin child per plugin, fold
-// in declarations that arrive meanwhile, then decide the one restart from
-// durable state and run it.
+// validate, load the box, fan out one ReconcilePlugin child per plugin
+// (folding in declarations that arrive meanwhile), decide the restart from
+// durable state and run it; a declaration that arrived during the restart
+// makes a round of its own.
 func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResult, error) {
 	if err := in.Validate(); err != nil {
 		return ReconcileResult{}, temporal.NewNonRetryableApplicationError("invalid input: "+err.Error(), reconcile.ErrInvalidInput, nil)
 	}
-	logger := workflow.GetLogger(ctx)
-	r := &run{in: in, results: map[string]PluginResult{}}
-	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) { return r.status(), nil }); err != nil {
+	r := &run{in: in, results: map[string]PluginResult{}, declarations: workflow.GetSignalChannel(ctx, SignalDeclare)}
+	if err := r.start(ctx); err != nil {
 		return ReconcileResult{}, err
 	}
+	for pending := in.Plugins; len(pending) > 0; pending = r.drain() {
+		// Reconcile until no newer declaration is waiting, so that a burst
+		// of triggers leads to one restart decision.
+		for ; len(pending) > 0; pending = r.drain() {
+			if r.reconcile(ctx, pending); ctx.Err() != nil {
+				return r.cancelled(ctx)
+			}
+		}
+		switch end, err := r.endRound(ctx); end {
+		case roundCancelled:
+			return r.cancelled(ctx)
+		case roundFailed:
+			return r.fail(ctx, err)
+		case roundLast:
+			return r.finish(ctx)
+		}
+	}
+	return r.finish(ctx)
+}
 
-	initial := []temporal.SearchAttributeUpdate{SearchWorkspaceID.ValueSet(in.WorkspaceID), SearchOutcome.ValueSet(OutcomeRunning)}
-	if names, ok := indexedPluginNames(in.Plugins); ok {
+// start answers status queries, indexes the run and loads the box.
+func (r *run) start(ctx workflow.Context) error {
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) { return r.status(), nil }); err != nil {
+		return err
+	}
+	initial := []temporal.SearchAttributeUpdate{SearchWorkspaceID.ValueSet(r.in.WorkspaceID), SearchOutcome.ValueSet(OutcomeRunning)}
+	if names, ok := indexedPluginNames(r.in.Plugins); ok {
 		initial = append(initial, SearchPluginNames.ValueSet(names))
 	}
 	if err := r.search(ctx, initial...); err != nil {
-		return ReconcileResult{}, err
+		return err
 	}
-
-	var ws reconcile.Box
-	lctx := withActivity(ctx, "load workspace "+in.WorkspaceID, 30*time.Second, storeRetry)
-	if err := workflow.ExecuteActivity(lctx, reconcile.ActivityLoadWorkspace, in.WorkspaceID).Get(ctx, &ws); err != nil {
+	lctx := withActivity(ctx, "load workspace "+r.in.WorkspaceID, 30*time.Second, storeRetry)
+	if err := workflow.ExecuteActivity(lctx, reconcile.ActivityLoadWorkspace, r.in.WorkspaceID).Get(ctx, &r.ws); err != nil {
 		_ = r.search(ctx, SearchOutcome.ValueSet(OutcomeFailed))
-		return ReconcileResult{}, err
+		return err
 	}
-	r.ws = ws
-	if err := r.search(ctx, SearchInstanceID.ValueSet(ws.InstanceID)); err != nil {
-		return ReconcileResult{}, err
-	}
+	return r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
+}
 
-	declarations := workflow.GetSignalChannel(ctx, SignalDeclare)
-	pending := in.Plugins
-	restarts := 0
-	for {
-		// Reconcile until no newer declaration is waiting, so that a burst
-		// of triggers leads to one restart decision.
-		for len(pending) > 0 {
-			r.reconcile(ctx, pending)
-			if ctx.Err() != nil {
-				return r.cancelled(ctx)
-			}
-			pending = r.drain(declarations)
-		}
-		facts := reconcile.RestartFacts{}
-		// This round's deliveries (a plugin delivered again in a later
-		// round counts in that round too).
-		delivered := r.roundDelivered
-		r.roundDelivered = 0
-		fctx := withBoxActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second)
-		if err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, ws).Get(ctx, &facts); err != nil {
-			if delivered > 0 || ctx.Err() != nil {
-				return r.fail(ctx, err)
-			}
-			// Nothing delivered in this round and the box cannot be read
-			// (stopped, unreachable): there is nothing this run can
-			// restart; what an earlier run left owed stays in the store.
-			r.restart = RestartReport{Reason: "restart state not read (" + rootMessage(err) + "): nothing delivered; the next reconcile decides"}
-			r.rounds = append(r.rounds, r.restart)
-			break
-		}
-		d := reconcile.DecideRestart(reconcile.RestartRound{Delivered: delivered, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: in.DryRun}, facts)
-		r.restart = RestartReport{Needed: d.Restart(), Reason: d.Reason}
-		logger.Info("restart decision", "workspace", ws.ID, "restart", d.Restart(), "reason", d.Reason)
-		workflow.SetCurrentDetails(ctx, r.details())
+// roundEnd is how a round ended.
+type roundEnd int
 
-		if !in.DryRun {
-			name := "box_restart_skipped_total"
-			if d.Restart() {
-				name = "box_restart_total"
-			}
-			workflow.GetMetricsHandler(ctx).WithTags(map[string]string{"reason": string(d.Code)}).Counter(name).Inc(1)
+const (
+	roundNext      roundEnd = iota // go on with what was declared meanwhile, if anything
+	roundLast                      // report now
+	roundCancelled                 // the run was cancelled
+	roundFailed                    // the run failed (the error says why)
+)
+
+// endRound decides the round's restart from durable state and runs it (or
+// clears what the runtime has outlived).
+func (r *run) endRound(ctx workflow.Context) (roundEnd, error) {
+	ws := r.ws
+	var facts reconcile.RestartFacts
+	// This round's deliveries (a plugin delivered again in a later round
+	// counts in that round too).
+	delivered := r.roundDelivered
+	r.roundDelivered = 0
+	fctx := withBoxActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second)
+	if err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, ws).Get(ctx, &facts); err != nil {
+		if delivered > 0 || ctx.Err() != nil {
+			return roundFailed, err
 		}
-		switch {
-		case in.DryRun:
-		case d.Restart():
-			restarts++
-			release := r.permit(ctx, restarts)
-			var out reconcile.RestartOutcome
-			rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-				// One restart per round, under a deterministic ID; the
-				// activity sees through the one restart the box owes.
-				ActivityID:          fmt.Sprintf("restart-%d", restarts),
-				StartToCloseTimeout: RestartAttemptTimeout,
-				// The activity heartbeats every few seconds: a dead worker
-				// is noticed in 20 s, and the ledger and the box's token
-				// make the retry safe.
-				HeartbeatTimeout:       20 * time.Second,
-				ScheduleToCloseTimeout: 2 * time.Hour,
-				RetryPolicy:            restartRetry,
-				Summary:                fmt.Sprintf("restart %s: %s", ws.InstanceID, d.Reason),
-			})
-			err := workflow.ExecuteActivity(rctx, reconcile.ActivityRestartBox, reconcile.RestartInput{Workspace: ws, Reason: d.Reason}).Get(ctx, &out)
-			release()
-			if err != nil {
-				if ctx.Err() != nil {
-					return r.cancelled(ctx)
-				}
-				r.rounds = append(r.rounds, r.restart)
-				return r.fail(ctx, err)
-			}
-			r.restart.Done, r.restart.Mode = out.Done(), out.Mode
-			r.restart.IdentityBefore, r.restart.IdentityAfter = out.IdentityBefore, out.IdentityAfter
-			r.restart.RestartIDs = out.RestartIDs
-			if !r.restart.Done && out.Reason != "" {
-				r.restart.Reason += "; at the restart: " + out.Reason
-			}
-		case d.Action == reconcile.ClearMarks:
-			clear := reconcile.ClearInput{WorkspaceID: ws.ID, UpTo: facts.LatestMark}
-			if facts.JournalRead {
-				clear.UpTo = facts.ReadAt
-				if len(facts.Journal) > 0 {
-					clear.Workspace = &ws
-				}
-			}
-			cctx := withActivity(ctx, "clear restart marks of "+ws.ID, 45*time.Second, storeRetry)
-			if err := workflow.ExecuteActivity(cctx, reconcile.ActivityClearRestartPending, clear).Get(ctx, nil); err != nil {
-				return r.fail(ctx, err)
-			}
-		}
+		// Nothing delivered in this round and the box cannot be read
+		// (stopped, unreachable): there is nothing this run can restart;
+		// what an earlier run left owed stays owed.
+		r.restart = RestartReport{Reason: "restart state not read (" + rootMessage(err) + "): nothing delivered; the next reconcile decides"}
 		r.rounds = append(r.rounds, r.restart)
-		workflow.SetCurrentDetails(ctx, r.details())
-		// A declaration that arrived during the restart is reconciled now,
-		// in a round of its own, with its own restart decision.
-		if pending = r.drain(declarations); len(pending) == 0 {
-			break
+		return roundLast, nil
+	}
+	d := reconcile.DecideRestart(reconcile.RestartRound{Delivered: delivered, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: r.in.DryRun}, facts)
+	r.restart = RestartReport{Needed: d.Restart(), Reason: d.Reason}
+	workflow.GetLogger(ctx).Info("restart decision", "workspace", ws.ID, "restart", d.Restart(), "reason", d.Reason)
+	workflow.SetCurrentDetails(ctx, r.details())
+	if !r.in.DryRun {
+		name := "box_restart_skipped_total"
+		if d.Restart() {
+			name = "box_restart_total"
+		}
+		workflow.GetMetricsHandler(ctx).WithTags(map[string]string{"reason": string(d.Code)}).Counter(name).Inc(1)
+	}
+	switch {
+	case r.in.DryRun:
+	case d.Restart():
+		if err := r.restartBox(ctx, d); err != nil {
+			if ctx.Err() != nil {
+				return roundCancelled, nil
+			}
+			r.rounds = append(r.rounds, r.restart)
+			return roundFailed, err
+		}
+	case d.Action == reconcile.ClearMarks:
+		if err := r.clear(ctx, facts); err != nil {
+			return roundFailed, err
 		}
 	}
+	r.rounds = append(r.rounds, r.restart)
+	workflow.SetCurrentDetails(ctx, r.details())
+	return roundNext, nil
+}
 
+// restartBox runs the round's one restart, under a permit of the sweep
+// that runs this reconcile, if any.
+func (r *run) restartBox(ctx workflow.Context, d reconcile.RestartDecision) error {
+	r.restarts++
+	release := restartGate(r.in.RestartGate).acquire(ctx, r.restarts)
+	defer release()
+	var out reconcile.RestartOutcome
+	rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		// One restart per round, under a deterministic ID; the activity
+		// sees through the one restart the box owes.
+		ActivityID:          fmt.Sprintf("restart-%d", r.restarts),
+		StartToCloseTimeout: RestartAttemptTimeout,
+		// The activity heartbeats every few seconds: a dead worker is
+		// noticed in 20 s, and the ledger and the box's token make the
+		// retry safe.
+		HeartbeatTimeout:       20 * time.Second,
+		ScheduleToCloseTimeout: 2 * time.Hour,
+		RetryPolicy:            restartRetry,
+		Summary:                fmt.Sprintf("restart %s: %s", r.ws.InstanceID, d.Reason),
+	})
+	if err := workflow.ExecuteActivity(rctx, reconcile.ActivityRestartBox, reconcile.RestartInput{Workspace: r.ws, Reason: d.Reason}).Get(ctx, &out); err != nil {
+		return err
+	}
+	r.restart.Done, r.restart.Mode = out.Done(), out.Mode
+	r.restart.IdentityBefore, r.restart.IdentityAfter = out.IdentityBefore, out.IdentityAfter
+	r.restart.RestartIDs = out.RestartIDs
+	if !r.restart.Done && out.Reason != "" {
+		r.restart.Reason += "; at the restart: " + out.Reason
+	}
+	return nil
+}
+
+// clear clears the marks (and journal lines) the runtime has outlived.
+func (r *run) clear(ctx workflow.Context, facts reconcile.RestartFacts) error {
+	in := reconcile.ClearInput{WorkspaceID: r.ws.ID, UpTo: facts.LatestMark}
+	if facts.JournalRead {
+		in.UpTo = facts.ReadAt
+		if len(facts.Journal) > 0 {
+			ws := r.ws
+			in.Workspace = &ws
+		}
+	}
+	cctx := withActivity(ctx, "clear restart marks of "+r.ws.ID, 45*time.Second, storeRetry)
+	return workflow.ExecuteActivity(cctx, reconcile.ActivityClearRestartPending, in).Get(ctx, nil)
+}
+
+// finish reports: the result, the outcome searchable, and a failure naming
+// the plugins that failed.
+func (r *run) finish(ctx workflow.Context) (ReconcileResult, error) {
 	res := r.result()
-	logger.Info("reconcile finished", "workspace", ws.ID, "summary", res.Summary)
+	workflow.GetLogger(ctx).Info("reconcile finished", "workspace", r.ws.ID, "summary", res.Summary)
 	if err := r.search(ctx, SearchOutcome.ValueSet(res.Outcome)); err != nil {
 		return res, err
 	}
@@ -223,56 +256,6 @@ func indexedPluginNames(ps []Plugin) ([]string, bool) {
 		size += len(n) + 3
 	}
 	return names, size <= searchValueBudget
-}
-
-// permitWait bounds how long a restart waits for a sweep's permit: a sweep
-// that is gone must not hold a restart back for ever.
-const permitWait = 30 * time.Minute
-
-// permit takes a restart permit from the sweep that runs this reconcile, if
-// any, and returns the function that gives it back. If the sweep cannot be
-// reached, or is slow past permitWait, the restart goes ahead: pacing must
-// never cost a box its restart. Each request carries its round (seq), and
-// a permit granted for an earlier round's request (one that came after
-// that request's wait had timed out) is not taken for this one.
-func (r *run) permit(ctx workflow.Context, seq int) (release func()) {
-	gate := r.in.RestartGate
-	if gate == "" {
-		return func() {}
-	}
-	if workflow.GetVersion(ctx, "permit-rounds", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
-		seq = 0 // a run started before permits named their round
-	}
-	self := workflow.GetInfo(ctx).WorkflowExecution.ID
-	req := PermitRequest{WorkflowID: self, Seq: seq}
-	if err := workflow.SignalExternalWorkflow(ctx, gate, "", SignalPermitRequest, req).Get(ctx, nil); err != nil {
-		workflow.GetLogger(ctx).Warn("restart gate unreachable, restarting without a permit", "gate", gate, "error", err)
-		return func() {}
-	}
-	got, timedOut := false, false
-	tctx, cancelTimer := workflow.WithCancel(ctx)
-	timer := workflow.NewTimer(tctx, permitWait)
-	sel := workflow.NewSelector(ctx)
-	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermit), func(c workflow.ReceiveChannel, _ bool) {
-		var grant PermitRequest
-		c.Receive(ctx, &grant)
-		// Seq 0: a sweep that does not name rounds.
-		got = seq == 0 || grant.Seq == 0 || grant.Seq == seq
-	})
-	sel.AddFuture(timer, func(workflow.Future) { timedOut = true })
-	for !got && !timedOut {
-		sel.Select(ctx)
-	}
-	cancelTimer()
-	if !got {
-		workflow.GetLogger(ctx).Warn("no restart permit in time, restarting anyway", "gate", gate)
-	}
-	// Released in every case: the sweep frees the permit it granted, or
-	// drops the request it has not granted yet.
-	return func() {
-		dctx, _ := workflow.NewDisconnectedContext(ctx)
-		_ = workflow.SignalExternalWorkflow(dctx, gate, "", SignalPermitRelease, req).Get(dctx, nil)
-	}
 }
 
 // search upserts search attributes; a namespace without them fails here,
@@ -344,6 +327,8 @@ type run struct {
 	restart        RestartReport   // the current round's
 	rounds         []RestartReport // every finished round's
 	roundDelivered int             // deliveries (or, in a dry run, would-deliver) since the last decision
+	restarts       int             // restarts decided so far (they name the restart activities)
+	declarations   workflow.ReceiveChannel
 	cancel         bool
 }
 
@@ -410,7 +395,8 @@ func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
 
 // drain takes every waiting declaration and returns the plugins not yet
 // reconciled at their declared version (a failed one is tried again).
-func (r *run) drain(ch workflow.ReceiveChannel) []Plugin {
+func (r *run) drain() []Plugin {
+	ch := r.declarations
 	var out []Plugin
 	idx := map[string]int{}
 	for {

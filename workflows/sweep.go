@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -86,136 +85,168 @@ type SweepReport struct {
 // new reconciles, and continue-as-new before the history grows large.
 func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
 	in.setDefaults()
-	logger := workflow.GetLogger(ctx)
-	rep := in.Totals
-	rep.Runs++
-	self := workflow.GetInfo(ctx).WorkflowExecution.ID
-
-	inFlight := 0
-	pool := newPermitPool(in.MaxRestartsInFlight)
-	// Permits follow their holders' lives: a reconcile that ends (or is
-	// terminated, or reset) without giving its permit back frees it.
-	leases := workflow.GetVersion(ctx, "sweep-permit-leases", workflow.DefaultVersion, 1) == 1
-	sel := workflow.NewSelector(ctx)
-	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRequest), func(c workflow.ReceiveChannel, _ bool) {
-		var r PermitRequest
-		c.Receive(ctx, &r)
-		pool.request(r, leases)
-	})
-	sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRelease), func(c workflow.ReceiveChannel, _ bool) {
-		var r PermitRequest
-		c.Receive(ctx, &r)
-		pool.release(r)
-	})
-	// step waits for one event (a reconcile ending, a permit asked for or
-	// given back) and hands out the permits it can.
-	step := func() {
-		sel.Select(ctx)
-		for {
-			g, ok := pool.next()
-			if !ok {
-				break
+	s := newSweep(ctx, in)
+	for !s.rep.Stopped {
+		page, err := s.nextPage(ctx)
+		if err != nil || len(page) == 0 {
+			if err != nil {
+				return s.rep, err
 			}
-			var payload any
-			if leases {
-				payload = g
-			}
-			f := workflow.SignalExternalWorkflow(ctx, g.WorkflowID, "", SignalPermit, payload)
-			sel.AddFuture(f, func(f workflow.Future) {
-				// A reconcile that is gone cannot take its permit or give
-				// it back, so a failed signal returns it.
-				if f.Get(ctx, nil) != nil {
-					pool.release(g)
-				}
-			})
-		}
-	}
-	start := func(t reconcile.SweepTarget) {
-		plugins := make([]Plugin, len(t.Plugins))
-		for i, p := range t.Plugins {
-			plugins[i] = Plugin{Name: p.Name, Version: p.Version}
-		}
-		// A plan runs under the plan's workflow ID: a real trigger for the
-		// workspace meanwhile starts (or joins) the real reconcile, and is
-		// never folded into a plan.
-		id := ReconcileWorkflowID(t.WorkspaceID)
-		if in.DryRun && workflow.GetVersion(ctx, "sweep-plan-ids", workflow.DefaultVersion, 1) == 1 {
-			id = PlanWorkflowID(t.WorkspaceID)
-		}
-		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-			WorkflowID:            id,
-			ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
-			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
-			StaticSummary:         fmt.Sprintf("sweep: reconcile %s (%d plugins)", t.WorkspaceID, len(plugins)),
-		})
-		f := workflow.ExecuteChildWorkflow(cctx, ReconcileWorkspace, ReconcileInput{
-			WorkspaceID: t.WorkspaceID, Plugins: plugins, DryRun: in.DryRun, RestartGate: self,
-		})
-		inFlight++
-		sel.AddFuture(f, func(f workflow.Future) {
-			inFlight--
-			if leases {
-				pool.holderGone(id)
-			}
-			var res ReconcileResult
-			err := f.Get(ctx, &res)
-			var app *temporal.ApplicationError
-			switch {
-			case err == nil:
-			case errors.As(err, &app) && app.Type() == ErrPluginsFailed:
-				_ = app.Details(&res)
-			case temporal.IsWorkflowExecutionAlreadyStartedError(err):
-				rep.Skipped++
-				return
-			default:
-				rep.Failures++
-				rep.Failed = append(rep.Failed, t.WorkspaceID+": "+rootMessage(err))
-				return
-			}
-			rep.tally(t.WorkspaceID, res)
-		})
-	}
-
-	startedThisRun := 0
-	for !rep.Stopped {
-		var page []reconcile.SweepTarget
-		pctx := withActivity(ctx, "list workspaces after "+quoteOrStart(in.After), time.Minute, storeRetry)
-		if err := workflow.ExecuteActivity(pctx, reconcile.ActivityListWorkspaces, reconcile.PageInput{After: in.After, Limit: in.PageSize}).Get(ctx, &page); err != nil {
-			return rep, err
-		}
-		if len(page) == 0 {
 			break
 		}
-		for _, t := range page {
-			for inFlight >= in.MaxConcurrency {
-				step()
-			}
-			if rep.Failures > in.MaxErrors {
-				rep.Stopped = true
-				rep.StopReason = fmt.Sprintf("%d reconciles failed, more than the budget of %d: no new reconcile started", rep.Failures, in.MaxErrors)
-				break
-			}
-			start(t)
-			in.After = t.WorkspaceID
-			startedThisRun++
-		}
-		if !rep.Stopped && (startedThisRun >= in.MaxPerRun || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) {
-			// Drain this run's reconciles (and their permits) so that the
-			// next run starts with nothing in flight.
-			for inFlight > 0 || !pool.idle() {
-				step()
-			}
-			next := in
-			next.Totals = rep
-			logger.Info("sweep continues as new", "after", in.After, "checked", rep.Checked)
-			return rep, workflow.NewContinueAsNewError(ctx, SweepFleet, next)
+		s.startAll(ctx, page)
+		if !s.rep.Stopped && (s.startedThisRun >= in.MaxPerRun || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) {
+			return s.continueAsNew(ctx)
 		}
 	}
-	for inFlight > 0 {
-		step()
+	for s.inFlight > 0 {
+		s.step(ctx)
 	}
-	logger.Info("sweep finished", "checked", rep.Checked, "delivered", rep.Delivered, "restarts", rep.Restarts, "failures", rep.Failures)
-	return rep, nil
+	workflow.GetLogger(ctx).Info("sweep finished", "checked", s.rep.Checked, "delivered", s.rep.Delivered, "restarts", s.rep.Restarts, "failures", s.rep.Failures)
+	return s.rep, nil
+}
+
+// sweep is a fleet sweep's state: its report, the reconciles in flight, the
+// restart permits and the selector that waits for all of them.
+type sweep struct {
+	in             SweepInput
+	rep            SweepReport
+	self           string
+	pool           *permitPool
+	leases         bool // permits are freed when their holder ends
+	sel            workflow.Selector
+	inFlight       int
+	startedThisRun int
+}
+
+func newSweep(ctx workflow.Context, in SweepInput) *sweep {
+	s := &sweep{in: in, rep: in.Totals, self: workflow.GetInfo(ctx).WorkflowExecution.ID, pool: newPermitPool(in.MaxRestartsInFlight)}
+	s.rep.Runs++
+	// Permits follow their holders' lives: a reconcile that ends (or is
+	// terminated, or reset) without giving its permit back frees it.
+	s.leases = workflow.GetVersion(ctx, "sweep-permit-leases", workflow.DefaultVersion, 1) == 1
+	s.sel = workflow.NewSelector(ctx)
+	s.sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRequest), func(c workflow.ReceiveChannel, _ bool) {
+		var r PermitRequest
+		c.Receive(ctx, &r)
+		s.pool.request(r, s.leases)
+	})
+	s.sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRelease), func(c workflow.ReceiveChannel, _ bool) {
+		var r PermitRequest
+		c.Receive(ctx, &r)
+		s.pool.release(r)
+	})
+	return s
+}
+
+// nextPage lists the next page of workspaces to sweep.
+func (s *sweep) nextPage(ctx workflow.Context) ([]reconcile.SweepTarget, error) {
+	var page []reconcile.SweepTarget
+	pctx := withActivity(ctx, "list workspaces after "+quoteOrStart(s.in.After), time.Minute, storeRetry)
+	err := workflow.ExecuteActivity(pctx, reconcile.ActivityListWorkspaces, reconcile.PageInput{After: s.in.After, Limit: s.in.PageSize}).Get(ctx, &page)
+	return page, err
+}
+
+// startAll starts a page's reconciles, keeping at most MaxConcurrency in
+// flight, until the error budget is spent.
+func (s *sweep) startAll(ctx workflow.Context, page []reconcile.SweepTarget) {
+	for _, t := range page {
+		for s.inFlight >= s.in.MaxConcurrency {
+			s.step(ctx)
+		}
+		if s.rep.Failures > s.in.MaxErrors {
+			s.rep.Stopped = true
+			s.rep.StopReason = fmt.Sprintf("%d reconciles failed, more than the budget of %d: no new reconcile started", s.rep.Failures, s.in.MaxErrors)
+			return
+		}
+		s.start(ctx, t)
+		s.in.After = t.WorkspaceID
+		s.startedThisRun++
+	}
+}
+
+// continueAsNew drains this run's reconciles (and their permits), so that
+// the next run starts with nothing in flight, and continues as new.
+func (s *sweep) continueAsNew(ctx workflow.Context) (SweepReport, error) {
+	for s.inFlight > 0 || !s.pool.idle() {
+		s.step(ctx)
+	}
+	next := s.in
+	next.Totals = s.rep
+	workflow.GetLogger(ctx).Info("sweep continues as new", "after", s.in.After, "checked", s.rep.Checked)
+	return s.rep, workflow.NewContinueAsNewError(ctx, SweepFleet, next)
+}
+
+// step waits for one event (a reconcile ending, a permit asked for or
+// given back) and hands out the permits it can.
+func (s *sweep) step(ctx workflow.Context) {
+	s.sel.Select(ctx)
+	for {
+		g, ok := s.pool.next()
+		if !ok {
+			return
+		}
+		var payload any
+		if s.leases {
+			payload = g
+		}
+		f := workflow.SignalExternalWorkflow(ctx, g.WorkflowID, "", SignalPermit, payload)
+		s.sel.AddFuture(f, func(f workflow.Future) {
+			// A reconcile that is gone cannot take its permit or give it
+			// back, so a failed signal returns it.
+			if f.Get(ctx, nil) != nil {
+				s.pool.release(g)
+			}
+		})
+	}
+}
+
+// start starts one workspace's reconcile as a child, and tallies it when
+// it ends.
+func (s *sweep) start(ctx workflow.Context, t reconcile.SweepTarget) {
+	plugins := make([]Plugin, len(t.Plugins))
+	for i, p := range t.Plugins {
+		plugins[i] = Plugin{Name: p.Name, Version: p.Version}
+	}
+	// A plan runs under the plan's workflow ID: a real trigger for the
+	// workspace meanwhile starts (or joins) the real reconcile, and is never
+	// folded into a plan.
+	id := ReconcileWorkflowID(t.WorkspaceID)
+	if s.in.DryRun && workflow.GetVersion(ctx, "sweep-plan-ids", workflow.DefaultVersion, 1) == 1 {
+		id = PlanWorkflowID(t.WorkspaceID)
+	}
+	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            id,
+		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		StaticSummary:         fmt.Sprintf("sweep: reconcile %s (%d plugins)", t.WorkspaceID, len(plugins)),
+	})
+	f := workflow.ExecuteChildWorkflow(cctx, ReconcileWorkspace, ReconcileInput{
+		WorkspaceID: t.WorkspaceID, Plugins: plugins, DryRun: s.in.DryRun, RestartGate: s.self,
+	})
+	s.inFlight++
+	s.sel.AddFuture(f, func(f workflow.Future) {
+		s.inFlight--
+		if s.leases {
+			s.pool.holderGone(id)
+		}
+		var res ReconcileResult
+		err := f.Get(ctx, &res)
+		var app *temporal.ApplicationError
+		switch {
+		case err == nil:
+		case errors.As(err, &app) && app.Type() == ErrPluginsFailed:
+			_ = app.Details(&res)
+		case temporal.IsWorkflowExecutionAlreadyStartedError(err):
+			s.rep.Skipped++
+			return
+		default:
+			s.rep.Failures++
+			s.rep.Failed = append(s.rep.Failed, t.WorkspaceID+": "+rootMessage(err))
+			return
+		}
+		s.rep.tally(t.WorkspaceID, res)
+	})
 }
 
 func (r *SweepReport) tally(workspace string, res ReconcileResult) {
@@ -299,75 +330,3 @@ func EnsureSchedule(ctx context.Context, c client.Client, every time.Duration, i
 	}
 	return false, nil
 }
-
-// permitPool is the sweep's restart permits: at most size restarts at
-// once among the reconciles it runs. A permit is held by a workflow ID for
-// one of its rounds; it comes back when the holder gives it back, when the
-// holder asks again for a later round (the earlier release was lost), or
-// when the holder's workflow ends (terminated, failed, reset away) without
-// giving it back. A request repeated for the round it already holds (a
-// reset run asking again) is granted again without taking a second permit.
-type permitPool struct {
-	size    int
-	free    int
-	waiting []PermitRequest
-	granted map[string]PermitRequest
-	resend  []PermitRequest
-}
-
-func newPermitPool(size int) *permitPool {
-	return &permitPool{size: size, free: size, granted: map[string]PermitRequest{}}
-}
-
-// request queues r (or, for the round its requester holds, grants it
-// again).
-func (p *permitPool) request(r PermitRequest, rounds bool) {
-	if g, ok := p.granted[r.WorkflowID]; ok && rounds {
-		if g.Seq == r.Seq {
-			p.resend = append(p.resend, r)
-			return
-		}
-		p.holderGone(r.WorkflowID)
-	}
-	p.waiting = slices.DeleteFunc(p.waiting, func(w PermitRequest) bool { return w.WorkflowID == r.WorkflowID })
-	p.waiting = append(p.waiting, r)
-}
-
-// release frees r's permit, or drops r's request if it was not granted.
-func (p *permitPool) release(r PermitRequest) {
-	if g, ok := p.granted[r.WorkflowID]; ok && g.Seq == r.Seq {
-		delete(p.granted, r.WorkflowID)
-		p.free++
-		return
-	}
-	p.waiting = slices.DeleteFunc(p.waiting, func(w PermitRequest) bool { return w == r })
-}
-
-// holderGone frees whatever id holds or waits for: its workflow has ended.
-func (p *permitPool) holderGone(id string) {
-	if _, ok := p.granted[id]; ok {
-		delete(p.granted, id)
-		p.free++
-	}
-	p.waiting = slices.DeleteFunc(p.waiting, func(w PermitRequest) bool { return w.WorkflowID == id })
-}
-
-// next is the next grant to send, if any.
-func (p *permitPool) next() (PermitRequest, bool) {
-	if len(p.resend) > 0 {
-		r := p.resend[0]
-		p.resend = p.resend[1:]
-		return r, true
-	}
-	if p.free == 0 || len(p.waiting) == 0 {
-		return PermitRequest{}, false
-	}
-	r := p.waiting[0]
-	p.waiting = p.waiting[1:]
-	p.free--
-	p.granted[r.WorkflowID] = r
-	return r, true
-}
-
-// idle: every permit is back and nobody waits.
-func (p *permitPool) idle() bool { return p.free == p.size && len(p.waiting) == 0 }
