@@ -13,8 +13,10 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/onbox"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 )
@@ -22,9 +24,9 @@ import (
 // BoxAccess is what the activities need from a box.
 type BoxAccess interface {
 	ReadManifest(ctx context.Context, t reconcile.Box, name string) ([]byte, error)
-	Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(int64)) (eic.Installed, error)
+	Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(int64)) (onbox.Installed, error)
 	ReadRestartState(ctx context.Context, t reconcile.Box) (identity, journal string, err error)
-	RestartRuntime(ctx context.Context, t reconcile.Box, token string, force bool) (eic.RestartReply, error)
+	RestartRuntime(ctx context.Context, t reconcile.Box, token string, force bool) (onbox.RestartReply, error)
 	RebootInstance(ctx context.Context, t reconcile.Box) error
 	InstanceRunning(ctx context.Context, t reconcile.Box) error
 	PruneJournal(ctx context.Context, t reconcile.Box) error
@@ -77,7 +79,7 @@ func classify(err error, format string, args ...any) error {
 		mismatch *eic.HostKeyMismatchError
 		state    *eic.InstanceStateError
 		unknown  *eic.UnknownInstanceError
-		bundle   *eic.BundleError
+		rejected *bundle.PluginError
 	)
 	switch {
 	case errors.As(err, &mismatch):
@@ -86,7 +88,7 @@ func classify(err error, format string, args ...any) error {
 		return temporal.NewNonRetryableApplicationError(msg, reconcile.ErrInstanceNotRunning, nil)
 	case errors.As(err, &unknown):
 		return temporal.NewNonRetryableApplicationError(msg, reconcile.ErrUnknownInstance, nil)
-	case errors.As(err, &bundle):
+	case errors.As(err, &rejected):
 		return temporal.NewNonRetryableApplicationError(msg, reconcile.ErrBundleRejected, nil)
 	case errors.Is(err, catalog.ErrUnknownPlugin):
 		return temporal.NewNonRetryableApplicationError(msg, reconcile.ErrUnknownPlugin, nil)
@@ -164,7 +166,7 @@ func (a *Activities) ProbeManifest(ctx context.Context, in reconcile.ProbeInput)
 
 func (a *Activities) probe(ctx context.Context, in reconcile.ProbeInput) (reconcile.Probe, error) {
 	data, err := a.Box.ReadManifest(ctx, in.Workspace, in.Plugin)
-	var missing *eic.MissingManifestError
+	var missing *onbox.MissingManifestError
 	if errors.As(err, &missing) {
 		return reconcile.Probe{Missing: missing.Miss, Reason: missing.Error()}, nil
 	}
@@ -212,7 +214,7 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in reconcile.DeliverInpu
 			reconcile.ErrDigestMismatch, nil)
 	}
 	// A bundle that would be refused must not leave a restart owed.
-	if _, err := eic.CheckBundle(in.Plugin, in.Version, b.Data); err != nil {
+	if _, err := bundle.CheckPlugin(in.Plugin, in.Version, b.Data); err != nil {
 		return reconcile.Delivery{}, classify(err, "deliver %s@%s", in.Plugin, in.Version)
 	}
 	t := in.Workspace
@@ -416,11 +418,11 @@ func (b boxSide) RestartRuntime(ctx context.Context, token string, force bool) (
 	}
 	out := reconcile.RestartReply{Identity: r.Identity, Status: r.Status, Message: r.Message}
 	switch r.Result {
-	case eic.RestartDone:
+	case onbox.RestartDone:
 		out.Result = reconcile.LedgerRestarted
-	case eic.RestartAlready:
+	case onbox.RestartAlready:
 		out.Result = reconcile.LedgerAlready
-	case eic.RestartNotNeeded:
+	case onbox.RestartNotNeeded:
 		out.Result = reconcile.LedgerNotNeeded
 	default:
 		out.Result = reconcile.LedgerFailed

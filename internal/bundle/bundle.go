@@ -120,6 +120,33 @@ func reject(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
 }
 
+// PluginError: a plugin bundle was refused before anything was written.
+// Permanent: the same bundle fails the same way.
+type PluginError struct {
+	Plugin, Reason string
+}
+
+func (e *PluginError) Error() string {
+	return fmt.Sprintf("bundle for %s rejected: %s", e.Plugin, e.Reason)
+}
+
+// CheckPlugin refuses, as a *PluginError, a bundle that is unsafe to unpack
+// or that is not the named plugin at the named version; otherwise it
+// returns what Inspect learns of it.
+func CheckPlugin(name, version string, data []byte) (Info, error) {
+	info, err := Inspect(data)
+	if err != nil {
+		return info, &PluginError{Plugin: name, Reason: err.Error()}
+	}
+	if info.Manifest.Name != name {
+		return info, &PluginError{Plugin: name, Reason: fmt.Sprintf("its manifest names plugin %q", info.Manifest.Name)}
+	}
+	if info.Manifest.Version != version {
+		return info, &PluginError{Plugin: name, Reason: fmt.Sprintf("its manifest says version %s, not %s", info.Manifest.Version, version)}
+	}
+	return info, nil
+}
+
 // Info is what Inspect learns of a bundle.
 type Info struct {
 	Manifest reconcile.Manifest

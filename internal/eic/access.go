@@ -37,11 +37,9 @@ type Access struct {
 	mu    sync.Mutex
 	conns map[string]*conn
 	// pinned remembers host keys trusted on first use in this process, so a
-	// reconnect before the stored key reaches the caller's reconcile.Box still
+	// reconnect before the stored key reaches the caller's Box still
 	// verifies against it.
 	pinned map[string]ssh.PublicKey
-	// manifests batches concurrent manifest reads per box.
-	manifests map[string]*manifestBox
 
 	keyPushes  atomic.Int64
 	handshakes atomic.Int64
@@ -56,7 +54,7 @@ func New(cfg Config) (*Access, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Access{cfg: cfg, conns: map[string]*conn{}, pinned: map[string]ssh.PublicKey{}, manifests: map[string]*manifestBox{}, stop: make(chan struct{})}
+	a := &Access{cfg: cfg, conns: map[string]*conn{}, pinned: map[string]ssh.PublicKey{}, stop: make(chan struct{})}
 	a.wg.Add(1)
 	go a.reapIdle()
 	return a, nil
@@ -64,8 +62,6 @@ func New(cfg Config) (*Access, error) {
 
 // Close closes every connection.
 func (a *Access) Close() error {
-	// Under the lock: a batched read that saw Access open has added itself
-	// to the wait group before stop closes.
 	a.mu.Lock()
 	select {
 	case <-a.stop:
@@ -146,7 +142,7 @@ func connKey(t reconcile.Box) string { return t.Region + "/" + t.InstanceID + "/
 // acquire returns a connection to t, dialling one if none is usable, and a
 // release function the caller must call when its session is done.
 func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), error) {
-	if a.cfg.NoReuse {
+	if a.cfg.DialPerOperation {
 		c := &conn{ready: make(chan struct{}), slots: make(chan struct{}, 1)}
 		c.client, c.err = a.dial(ctx, t)
 		close(c.ready)
@@ -193,6 +189,19 @@ func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), e
 		return nil, nil, c.err
 	}
 	return c, release, nil
+}
+
+// Warm makes sure a connection to t is open (or being opened), so that
+// operations arriving meanwhile share it.
+func (a *Access) Warm(ctx context.Context, t reconcile.Box) error {
+	if a.cfg.DialPerOperation {
+		return nil
+	}
+	_, release, err := a.acquire(ctx, t)
+	if err == nil {
+		release()
+	}
+	return err
 }
 
 // dialShared dials on behalf of every caller waiting on c. It is not bound
@@ -316,7 +325,7 @@ func (a *Access) session(ctx context.Context, t reconcile.Box, fn func(*ssh.Sess
 			<-c.slots
 			release()
 			a.evict(c)
-			if attempt == 0 && !a.cfg.NoReuse {
+			if attempt == 0 && !a.cfg.DialPerOperation {
 				continue
 			}
 			return fmt.Errorf("open session on %s: %w", t.InstanceID, err)

@@ -67,18 +67,6 @@ type Config struct {
 	// if a different key is already stored, which fails the connection.
 	RecordHostKey func(ctx context.Context, instanceID, hostKey string) error
 
-	// RestartCommand restarts the box's agent runtime; IdentityCommand prints
-	// an identifier that changes on every runtime start (a systemd unit's
-	// InvocationID, or the boot id). Both come from the operator's
-	// configuration, never from workflow input.
-	RestartCommand  string
-	IdentityCommand string
-	// TokenGrace is how long the restart script waits for the effect of a
-	// token applied by a run of it that died mid-command before applying
-	// the token again; default 60 s (a systemd restart job carries on when
-	// its client dies).
-	TokenGrace time.Duration
-
 	// IdleTimeout closes a connection unused this long; default 2 min, so
 	// that a loaded worker whose deliveries come a while after the probes
 	// still reuses the box's connection (measured: at 30 s, a fresh fleet
@@ -93,18 +81,13 @@ type Config struct {
 	MaxSessions int
 	DialTimeout time.Duration // default 20 s
 
-	// NoReuse opens a new connection, with a new key push, for every
-	// operation: the naive access path, kept only to measure against.
-	NoReuse bool
+	// DialPerOperation opens a new connection, with a new key push, for
+	// every operation: the naive access path, kept only for the benchmark
+	// to measure against. The worker never sets it.
+	DialPerOperation bool
 
 	Logger *slog.Logger
 }
-
-// Default runtime commands for a box whose agent runtime is a systemd unit.
-const (
-	DefaultRestartCommand  = "sudo systemctl restart agent-runtime.service"
-	DefaultIdentityCommand = "systemctl show --property=InvocationID --value agent-runtime.service"
-)
 
 func (c *Config) setDefaults() error {
 	if c.EC2 == nil || c.InstanceConnect == nil {
@@ -127,20 +110,11 @@ func (c *Config) setDefaults() error {
 	if c.Port == 0 {
 		c.Port = 22
 	}
-	if c.RestartCommand == "" {
-		c.RestartCommand = DefaultRestartCommand
-	}
-	if c.IdentityCommand == "" {
-		c.IdentityCommand = DefaultIdentityCommand
-	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 2 * time.Minute
 	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 10 * time.Second
-	}
-	if c.TokenGrace == 0 {
-		c.TokenGrace = time.Minute
 	}
 	if c.KeepAliveTimeout == 0 {
 		c.KeepAliveTimeout = 15 * time.Second
@@ -159,9 +133,6 @@ func (c *Config) setDefaults() error {
 
 // Errors a caller must tell apart: the permanent ones are worth failing a
 // workflow step for without retrying.
-
-// ErrNotFound is returned when a remote file does not exist.
-var ErrNotFound = errors.New("not found")
 
 // HostKeyMismatchError: the box presented a host key other than the pinned
 // one. Permanent and a security event.
@@ -191,16 +162,6 @@ type UnknownInstanceError struct {
 
 func (e *UnknownInstanceError) Error() string {
 	return fmt.Sprintf("instance %s does not exist", e.InstanceID)
-}
-
-// BundleError: a plugin bundle was refused before anything was written.
-// Permanent: the same bundle fails the same way.
-type BundleError struct {
-	Plugin, Reason string
-}
-
-func (e *BundleError) Error() string {
-	return fmt.Sprintf("bundle for %s rejected: %s", e.Plugin, e.Reason)
 }
 
 // Stats counts the expensive steps of box access.

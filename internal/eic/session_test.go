@@ -21,7 +21,7 @@ func TestRefusedSessionClosesTheConnection(t *testing.T) {
 	box, err := f.AddBox(fleet.BoxSpec{RefuseSessions: true})
 	require.NoError(t, err)
 	e := newEnvOn(t, f, box, eic.Direct, nil)
-	_, err = e.access.RuntimeIdentity(ctx(t), e.target)
+	_, err = e.ops.RuntimeIdentity(ctx(t), e.target)
 	require.ErrorContains(t, err, "open session on "+box.InstanceID)
 	require.Equal(t, int64(2), e.access.Stats().Handshakes, "one transparent redial")
 	require.Eventually(t, func() bool { return box.OpenConnections() == 0 }, 5*time.Second, 10*time.Millisecond,
@@ -33,7 +33,7 @@ func TestRefusedSessionClosesTheConnection(t *testing.T) {
 // next operation dials afresh instead of waiting on it for ever.
 func TestSilentBoxIsEvictedWithinTheKeepaliveTimeout(t *testing.T) {
 	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.KeepAlive, c.KeepAliveTimeout = 300*time.Millisecond, 500*time.Millisecond })
-	_, err := e.access.RuntimeIdentity(ctx(t), e.target)
+	_, err := e.ops.RuntimeIdentity(ctx(t), e.target)
 	require.NoError(t, err)
 	require.Equal(t, 1, e.box.OpenConnections())
 	e.box.Freeze(true)
@@ -42,7 +42,7 @@ func TestSilentBoxIsEvictedWithinTheKeepaliveTimeout(t *testing.T) {
 		"the silent connection is still open")
 	t.Logf("silent connection closed after %s (keepalive every 300ms, answer due in 500ms)", time.Since(start).Round(10*time.Millisecond))
 	e.box.Freeze(false)
-	_, err = e.access.RuntimeIdentity(ctx(t), e.target)
+	_, err = e.ops.RuntimeIdentity(ctx(t), e.target)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), e.access.Stats().Handshakes, "the next operation dialled afresh")
 }
@@ -56,7 +56,7 @@ func TestEndpointDialFailureLeaksNoPresignedURL(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, ln.Close()) // nothing listens there now
 	e := newEnv(t, eic.Endpoint, func(c *eic.Config) { c.EndpointURL = "ws://127.0.0.1:" + strconv.Itoa(port) })
-	_, err = e.access.RuntimeIdentity(ctx(t), e.target)
+	_, err = e.ops.RuntimeIdentity(ctx(t), e.target)
 	require.Error(t, err)
 	t.Logf("error: %v", err)
 	require.Contains(t, err.Error(), "open tunnel to "+e.box.InstanceID)

@@ -24,6 +24,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/onbox"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -49,9 +50,10 @@ type Config struct {
 	// SIGTERM: activities in flight finish first. At least the longest
 	// restart attempt (workflows.RestartAttemptTimeout), its default.
 	StopTimeout time.Duration
-	// NaiveAccess (flag only) opens one connection and pushes one key per
-	// operation: the naive access path, for benchmarks only.
-	NaiveAccess bool
+	// DialPerOperation (neither a variable nor a flag: the benchmark's
+	// naive worker sets it) opens one connection and pushes one key per
+	// operation.
+	DialPerOperation bool
 }
 
 // Variables lists every environment variable the worker reads itself.
@@ -102,8 +104,8 @@ func FromEnv() Config {
 		EndpointID:      os.Getenv("EIC_ENDPOINT_ID"),
 		EndpointURL:     os.Getenv("EIC_ENDPOINT_URL"),
 		RestartMode:     envOr("RESTART_MODE", activities.RestartRuntime),
-		RestartCommand:  envOr("RESTART_COMMAND", eic.DefaultRestartCommand),
-		IdentityCommand: envOr("IDENTITY_COMMAND", eic.DefaultIdentityCommand),
+		RestartCommand:  envOr("RESTART_COMMAND", onbox.DefaultRestartCommand),
+		IdentityCommand: envOr("IDENTITY_COMMAND", onbox.DefaultIdentityCommand),
 		MaxActivities:   envInt("MAX_CONCURRENT_ACTIVITIES", 64),
 		MetricsAddr:     envSetOr("METRICS_ADDR", "127.0.0.1:9464"),
 		StopTimeout:     envDuration("WORKER_STOP_TIMEOUT", workflows.RestartAttemptTimeout),
@@ -125,7 +127,6 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxActivities, "max-activities", c.MaxActivities, "concurrent activities per worker (MAX_CONCURRENT_ACTIVITIES)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of the Prometheus /metrics endpoint (METRICS_ADDR)")
 	fs.DurationVar(&c.StopTimeout, "stop-timeout", c.StopTimeout, "how long to drain activities on SIGTERM (WORKER_STOP_TIMEOUT)")
-	fs.BoolVar(&c.NaiveAccess, "naive-access", false, "benchmarks only: one key push and SSH connection per operation")
 }
 
 // Validate names the first bad setting.
@@ -149,6 +150,7 @@ func (c Config) Validate() error {
 type Service struct {
 	Store      *store.Store
 	Access     *eic.Access
+	Box        *onbox.Ops
 	Activities *activities.Activities
 	Metrics    *Metrics
 	cfg        Config
@@ -185,24 +187,23 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 		return nil, err
 	}
 	access, err := eic.New(eic.Config{
-		EC2:             ec2.NewFromConfig(awsCfg),
-		InstanceConnect: ec2instanceconnect.NewFromConfig(awsCfg),
-		Mode:            eic.Mode(cfg.AccessMode),
-		Port:            cfg.SSHPort,
-		EndpointID:      cfg.EndpointID,
-		EndpointURL:     cfg.EndpointURL,
-		Credentials:     awsCfg.Credentials,
-		Region:          awsCfg.Region,
-		RecordHostKey:   st.RecordHostKey,
-		RestartCommand:  cfg.RestartCommand,
-		IdentityCommand: cfg.IdentityCommand,
-		NoReuse:         cfg.NaiveAccess,
-		Logger:          logger,
+		EC2:              ec2.NewFromConfig(awsCfg),
+		InstanceConnect:  ec2instanceconnect.NewFromConfig(awsCfg),
+		Mode:             eic.Mode(cfg.AccessMode),
+		Port:             cfg.SSHPort,
+		EndpointID:       cfg.EndpointID,
+		EndpointURL:      cfg.EndpointURL,
+		Credentials:      awsCfg.Credentials,
+		Region:           awsCfg.Region,
+		RecordHostKey:    st.RecordHostKey,
+		DialPerOperation: cfg.DialPerOperation,
+		Logger:           logger,
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
+	box := onbox.New(access, onbox.Config{RestartCommand: cfg.RestartCommand, IdentityCommand: cfg.IdentityCommand, Logger: logger})
 	m, err := newMetrics(access)
 	if err != nil {
 		_ = access.Close()
@@ -212,7 +213,8 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 	return &Service{
 		Store:      st,
 		Access:     access,
-		Activities: &activities.Activities{Box: access, Store: st, Catalog: cat, RestartMode: cfg.RestartMode},
+		Box:        box,
+		Activities: &activities.Activities{Box: box, Store: st, Catalog: cat, RestartMode: cfg.RestartMode},
 		Metrics:    m,
 		cfg:        cfg,
 	}, nil
@@ -296,6 +298,7 @@ func WorkerOptions(maxActivities int) worker.Options {
 // Close releases connections.
 func (s *Service) Close() {
 	_ = s.Metrics.closer()
+	s.Box.Close()
 	_ = s.Access.Close()
 	s.Store.Close()
 }

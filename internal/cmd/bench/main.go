@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,7 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/onbox"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
@@ -166,7 +168,17 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (boot, fresh, mixed, floor, io; boot:ours, boot:naive, ...); prints their figures, writes no report")
 	flag.StringVar(&o.jsonOut, "json", "", "with -only: also write the figures as JSON to this file")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server, and the floor's worker) to this file")
+	naiveWorker := flag.Bool("naive-worker", false, "run as the naive path's worker (configured by the environment, as the worker is)")
 	flag.Parse()
+	if *naiveWorker {
+		cfg := service.FromEnv()
+		cfg.DialPerOperation = true
+		if err := service.Run(context.Background(), cfg, slog.New(slog.NewJSONHandler(os.Stderr, nil))); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: naive worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	// This process runs the embedded server, which allocates heavily (the
 	// floor's profile: a tenth of the CPU in GC at the default 100). The
 	// worker processes keep the default.
@@ -464,11 +476,16 @@ func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing 
 			r.wantRestarts++
 		}
 	}
-	args := []string{}
+	// Ours is the worker program; the naive path is this program as a
+	// worker that dials per operation (-naive-worker).
+	cmd := exec.Command(b.bin)
 	if naive {
-		args = append(args, "--naive-access")
+		exe, err := os.Executable()
+		if err != nil {
+			return r, err
+		}
+		cmd = exec.Command(exe, "-naive-worker")
 	}
-	cmd := exec.Command(b.bin, args...)
 	cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
 		"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
 		"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
@@ -596,13 +613,11 @@ func (b *bench) ioFloor(ctx context.Context) (result, error) {
 		return r, err
 	}
 	defer access.Close()
-	names := make([]string, len(b.plugins))
-	for i, p := range b.plugins {
-		names[i] = p.Name
-	}
+	ops := onbox.New(access, onbox.Config{})
+	defer ops.Close()
 	box0 := boxesCPU(boxes)
 	lat := make([]time.Duration, len(ids))
-	errs := make(chan error, len(boxes))
+	errs := make(chan error, len(boxes)*len(b.plugins))
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i, box := range boxes {
@@ -610,13 +625,20 @@ func (b *bench) ioFloor(ctx context.Context) (result, error) {
 		go func() {
 			defer wg.Done()
 			t0 := time.Now()
-			out, err := access.ReadManifests(ctx, reconcile.Box{InstanceID: box.InstanceID, OSUser: fl.User(), HostKey: box.HostKey, PluginRoot: box.PluginRoot}, names)
-			if err == nil && len(out) != len(names) {
-				err = fmt.Errorf("%d manifests", len(out))
+			// Every plugin's manifest at once, as the probes of a reconcile
+			// ask for them: the reads of one box share commands.
+			target := reconcile.Box{InstanceID: box.InstanceID, OSUser: fl.User(), HostKey: box.HostKey, PluginRoot: box.PluginRoot}
+			var reads sync.WaitGroup
+			for _, p := range b.plugins {
+				reads.Add(1)
+				go func() {
+					defer reads.Done()
+					if _, err := ops.ReadManifest(ctx, target, p.Name); err != nil {
+						errs <- err
+					}
+				}()
 			}
-			if err != nil {
-				errs <- err
-			}
+			reads.Wait()
 			lat[i] = time.Since(t0)
 		}()
 	}

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/onbox"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 )
@@ -17,14 +17,14 @@ type noop struct{ version string }
 func (n noop) ReadManifest(_ context.Context, _ reconcile.Box, name string) ([]byte, error) {
 	return reconcile.Manifest{Name: name, Version: n.version}.Marshal(), nil
 }
-func (noop) Install(context.Context, reconcile.Box, string, string, []byte, func(int64)) (eic.Installed, error) {
-	return eic.Installed{}, nil
+func (noop) Install(context.Context, reconcile.Box, string, string, []byte, func(int64)) (onbox.Installed, error) {
+	return onbox.Installed{}, nil
 }
 func (noop) ReadRestartState(context.Context, reconcile.Box) (string, string, error) {
 	return "noop", "", nil
 }
-func (noop) RestartRuntime(context.Context, reconcile.Box, string, bool) (eic.RestartReply, error) {
-	return eic.RestartReply{Result: eic.RestartNotNeeded, Identity: "noop"}, nil
+func (noop) RestartRuntime(context.Context, reconcile.Box, string, bool) (onbox.RestartReply, error) {
+	return onbox.RestartReply{Result: onbox.RestartNotNeeded, Identity: "noop"}, nil
 }
 func (noop) RebootInstance(context.Context, reconcile.Box) error  { return nil }
 func (noop) InstanceRunning(context.Context, reconcile.Box) error { return nil }

@@ -1,4 +1,4 @@
-package eic
+package onbox
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
@@ -52,32 +53,32 @@ func batchKey(t reconcile.Box) string { return t.PluginRoot + "\x00" + t.HostKey
 
 // readManifestBatched joins (or opens) the box's open batch and waits for
 // its result.
-func (a *Access) readManifestBatched(ctx context.Context, t reconcile.Box, name string) (manifestRead, error) {
-	key := connKey(t)
-	a.mu.Lock()
+func (o *Ops) readManifestBatched(ctx context.Context, t reconcile.Box, name string) (manifestRead, error) {
+	key := t.Region + "/" + t.InstanceID + "/" + t.OSUser
+	o.mu.Lock()
 	select {
-	case <-a.stop:
-		a.mu.Unlock()
+	case <-o.stop:
+		o.mu.Unlock()
 		return manifestRead{}, fmt.Errorf("read manifest on %s: box access is closed", t.InstanceID)
 	default:
 	}
-	box := a.manifests[key]
+	box := o.manifests[key]
 	if box == nil {
 		box = &manifestBox{open: map[string]*manifestBatch{}, turn: make(chan struct{}, 1)}
-		a.manifests[key] = box
+		o.manifests[key] = box
 	}
 	b := box.open[batchKey(t)]
 	if b == nil {
 		b = &manifestBatch{t: t, done: make(chan struct{})}
 		box.open[batchKey(t)] = b
 		box.users++
-		a.wg.Add(1)
-		go a.runManifestBatch(key, box, b)
+		o.wg.Add(1)
+		go o.runManifestBatch(key, box, b)
 	}
 	if !slices.Contains(b.names, name) {
 		b.names = append(b.names, name)
 	}
-	a.mu.Unlock()
+	o.mu.Unlock()
 
 	select {
 	case <-b.done:
@@ -92,13 +93,13 @@ func (a *Access) readManifestBatched(ctx context.Context, t reconcile.Box, name 
 
 // runManifestBatch waits for the box's turn, closes the batch to new reads
 // and runs it as one command.
-func (a *Access) runManifestBatch(key string, box *manifestBox, b *manifestBatch) {
-	defer a.wg.Done()
+func (o *Ops) runManifestBatch(key string, box *manifestBox, b *manifestBatch) {
+	defer o.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), manifestBatchTimeout)
 	defer cancel()
 	go func() {
 		select {
-		case <-a.stop:
+		case <-o.stop:
 			cancel()
 		case <-ctx.Done():
 		}
@@ -106,19 +107,16 @@ func (a *Access) runManifestBatch(key string, box *manifestBox, b *manifestBatch
 	// A box without a connection is dialled first: the reads arriving
 	// during the dial (the key push and handshake take several round trips)
 	// join this batch.
-	_, release, dialErr := a.acquire(ctx, b.t)
-	if dialErr == nil {
-		release()
-	}
+	dialErr := o.access.Warm(ctx, b.t)
 	select {
 	case box.turn <- struct{}{}:
 		defer func() { <-box.turn }()
 	case <-ctx.Done():
 	}
-	a.mu.Lock()
+	o.mu.Lock()
 	delete(box.open, batchKey(b.t))
 	names := b.names
-	a.mu.Unlock()
+	o.mu.Unlock()
 
 	switch {
 	case dialErr != nil:
@@ -126,16 +124,16 @@ func (a *Access) runManifestBatch(key string, box *manifestBox, b *manifestBatch
 	case ctx.Err() != nil:
 		b.err = fmt.Errorf("read manifests on %s: %w", b.t.InstanceID, ctx.Err())
 	default:
-		b.reads, b.err = a.readManifestFiles(ctx, b.t, names)
+		b.reads, b.err = o.readManifestFiles(ctx, b.t, names)
 	}
 	close(b.done)
 
-	a.mu.Lock()
+	o.mu.Lock()
 	box.users--
 	if box.users == 0 {
-		delete(a.manifests, key)
+		delete(o.manifests, key)
 	}
-	a.mu.Unlock()
+	o.mu.Unlock()
 }
 
 // readManifestFiles reads the named plugins' manifests in one command (every
@@ -144,7 +142,7 @@ func (a *Access) runManifestBatch(key string, box *manifestBox, b *manifestBatch
 // file is one output line: its status (the single read's exit codes), and
 // for a readable file its first reconcile.MaxManifestBytes+1 bytes in base64,
 // so no content can forge another plugin's line.
-func (a *Access) readManifestFiles(ctx context.Context, t reconcile.Box, names []string) (map[string]manifestRead, error) {
+func (o *Ops) readManifestFiles(ctx context.Context, t reconcile.Box, names []string) (map[string]manifestRead, error) {
 	var cmd strings.Builder
 	cmd.WriteString("for f in")
 	for _, n := range names {
@@ -157,12 +155,12 @@ func (a *Access) readManifestFiles(ctx context.Context, t reconcile.Box, names [
 	fmt.Fprintf(&cmd, `; do if [ ! -e "$f" ] && [ ! -L "$f" ]; then echo %d; elif [ -L "$f" ] || [ ! -f "$f" ]; then echo %d; elif [ ! -r "$f" ]; then echo %d; else printf '0 '; head -c %d -- "$f" | base64 -w0; echo; fi; done`,
 		exitNotFound, exitNotRegular, exitUnreadable, reconcile.MaxManifestBytes+1)
 	perFile := int64(base64.StdEncoding.EncodedLen(reconcile.MaxManifestBytes+1) + 8)
-	out, status, err := a.run(ctx, t, cmd.String(), nil, int64(len(names))*perFile)
+	out, status, err := o.access.Run(ctx, t, cmd.String(), nil, int64(len(names))*perFile)
 	if err != nil {
 		return nil, err
 	}
 	if status != 0 {
-		return nil, &RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: "reading manifests"}
+		return nil, &eic.RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: "reading manifests"}
 	}
 	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
 	if len(lines) != len(names) {

@@ -1,4 +1,10 @@
-package eic
+// Package onbox is what the reconciler does on a box, over box access
+// (internal/eic): read a plugin's manifest (concurrent reads of one box
+// share a command), install a bundle atomically and journal the swap, read
+// the runtime's identity and the journal, restart the runtime under the
+// restart protocol's token, prune the journal. Every command is built from
+// validated names and quoted words; nothing from input is spliced raw.
+package onbox
 
 import (
 	"bytes"
@@ -6,16 +12,82 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
-
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	"golang.org/x/crypto/ssh"
+	"sync"
+	"time"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/bundle"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
+
+// Default runtime commands for a box whose agent runtime is a systemd unit.
+const (
+	DefaultRestartCommand  = "sudo systemctl restart agent-runtime.service"
+	DefaultIdentityCommand = "systemctl show --property=InvocationID --value agent-runtime.service"
+)
+
+// Config configures the commands run on boxes.
+type Config struct {
+	// RestartCommand restarts the box's agent runtime; IdentityCommand
+	// prints one word that changes on every runtime start, before the
+	// runtime loads its plugins (a systemd unit's InvocationID, or the boot
+	// id). Both come from the operator's configuration, never from workflow
+	// input.
+	RestartCommand  string
+	IdentityCommand string
+	// TokenGrace is how long the restart script waits for the effect of a
+	// token applied by a run of it that died mid-command before applying
+	// the token again; default 60 s (a systemd restart job carries on when
+	// its client dies).
+	TokenGrace time.Duration
+	Logger     *slog.Logger
+}
+
+// Ops runs the reconciler's commands on boxes through box access.
+type Ops struct {
+	access *eic.Access
+	cfg    Config
+
+	mu        sync.Mutex
+	manifests map[string]*manifestBox // batched manifest reads, per box
+	stop      chan struct{}
+	wg        sync.WaitGroup
+}
+
+// New returns the box operations over access. Close it before access.
+func New(access *eic.Access, cfg Config) *Ops {
+	if cfg.RestartCommand == "" {
+		cfg.RestartCommand = DefaultRestartCommand
+	}
+	if cfg.IdentityCommand == "" {
+		cfg.IdentityCommand = DefaultIdentityCommand
+	}
+	if cfg.TokenGrace == 0 {
+		cfg.TokenGrace = time.Minute
+	}
+	return &Ops{access: access, cfg: cfg, manifests: map[string]*manifestBox{}, stop: make(chan struct{})}
+}
+
+// Close stops the batched reads in flight.
+func (o *Ops) Close() {
+	o.mu.Lock()
+	select {
+	case <-o.stop:
+		o.mu.Unlock()
+		return
+	default:
+	}
+	close(o.stop)
+	o.mu.Unlock()
+	o.wg.Wait()
+}
+
+// ErrNotFound is returned when a remote file does not exist.
+var ErrNotFound = errors.New("not found")
 
 // quote makes s one single-quoted shell word. Every remote command is built
 // from validated names and quoted words; nothing from input is spliced raw.
@@ -29,50 +101,6 @@ const (
 	exitNotRegular = 45
 	exitUnreadable = 46
 )
-
-// run executes command, feeding stdin, and returns up to maxOut bytes of
-// stdout (more is an error) and the exit status.
-func (a *Access) run(ctx context.Context, t reconcile.Box, command string, stdin io.Reader, maxOut int64) ([]byte, int, error) {
-	var out []byte
-	status := 0
-	err := a.session(ctx, t, func(s *ssh.Session) error {
-		a.commands.Add(1)
-		var stderr limitedBuffer
-		stderr.max = 4 << 10
-		s.Stderr = &stderr
-		if stdin != nil {
-			s.Stdin = stdin
-		}
-		stdout, err := s.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		if err := s.Start(command); err != nil {
-			return fmt.Errorf("start remote command on %s: %w", t.InstanceID, err)
-		}
-		out, err = io.ReadAll(io.LimitReader(stdout, maxOut+1))
-		if err != nil {
-			return fmt.Errorf("read remote output on %s: %w", t.InstanceID, err)
-		}
-		if int64(len(out)) > maxOut {
-			return fmt.Errorf("remote output on %s exceeds %d bytes", t.InstanceID, maxOut)
-		}
-		werr := s.Wait()
-		var exit *ssh.ExitError
-		switch {
-		case werr == nil:
-		case errors.As(werr, &exit):
-			status = exit.ExitStatus()
-			if msg := strings.TrimSpace(stderr.String()); msg != "" && status != exitNotFound && status != exitNotRegular && status != exitUnreadable {
-				return &RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: msg}
-			}
-		default:
-			return fmt.Errorf("remote command on %s: %w", t.InstanceID, werr)
-		}
-		return nil
-	})
-	return out, status, err
-}
 
 // MissingManifestError is a plugin manifest that is not there to read;
 // Miss says how. It is ErrNotFound.
@@ -94,17 +122,6 @@ func (e *MissingManifestError) Error() string {
 // Is makes a missing manifest ErrNotFound.
 func (e *MissingManifestError) Is(target error) bool { return target == ErrNotFound }
 
-// RemoteError is a remote command that exited non-zero with a message.
-type RemoteError struct {
-	InstanceID string
-	Status     int
-	Stderr     string
-}
-
-func (e *RemoteError) Error() string {
-	return fmt.Sprintf("remote command on %s exited %d: %s", e.InstanceID, e.Status, e.Stderr)
-}
-
 func pluginDir(t reconcile.Box, name string) (string, error) {
 	if err := reconcile.ValidateName(name); err != nil {
 		return "", err
@@ -115,23 +132,15 @@ func pluginDir(t reconcile.Box, name string) (string, error) {
 // ReadManifest returns the plugin's plugin.yaml from the box, at most
 // reconcile.MaxManifestBytes+1 bytes of it (so a caller can tell it is too
 // large). ErrNotFound when there is none. Concurrent reads on one box share
-// a command (see manifests.go); with NoReuse each read is its own command.
-func (a *Access) ReadManifest(ctx context.Context, t reconcile.Box, name string) ([]byte, error) {
+// a command (see manifests.go).
+func (o *Ops) ReadManifest(ctx context.Context, t reconcile.Box, name string) ([]byte, error) {
 	if err := reconcile.ValidateName(name); err != nil {
 		return nil, err
 	}
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
-	var r manifestRead
-	var err error
-	if a.cfg.NoReuse {
-		var reads map[string]manifestRead
-		reads, err = a.readManifestFiles(ctx, t, []string{name})
-		r = reads[name]
-	} else {
-		r, err = a.readManifestBatched(ctx, t, name)
-	}
+	r, err := o.readManifestBatched(ctx, t, name)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +154,7 @@ func (a *Access) ReadManifest(ctx context.Context, t reconcile.Box, name string)
 	case exitUnreadable:
 		return nil, &MissingManifestError{InstanceID: t.InstanceID, Miss: reconcile.MissUnreadable}
 	default:
-		return nil, &RemoteError{InstanceID: t.InstanceID, Status: r.status, Stderr: "reading manifest"}
+		return nil, &eic.RemoteError{InstanceID: t.InstanceID, Status: r.status, Stderr: "reading manifest"}
 	}
 }
 
@@ -235,12 +244,12 @@ type Installed struct {
 // before anything is sent. When the box already holds exactly this bundle,
 // with its manifest intact, nothing is transferred. progress, if set, is
 // called as bytes are sent.
-func (a *Access) Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
+func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
 	dir, err := pluginDir(t, name)
 	if err != nil {
 		return Installed{}, err
 	}
-	info, err := CheckBundle(name, version, data)
+	info, err := bundle.CheckPlugin(name, version, data)
 	if err != nil {
 		return Installed{}, err
 	}
@@ -249,7 +258,7 @@ func (a *Access) Install(ctx context.Context, t reconcile.Box, name, version str
 	// The same bundle already installed, and its manifest as the bundle has
 	// it: installing twice is a no-op. A manifest edited or corrupted on
 	// the box is repaired by installing again.
-	same, err := a.holds(ctx, t, dir, digest, info.ManifestDigest)
+	same, err := o.holds(ctx, t, dir, digest, info.ManifestDigest)
 	if err != nil {
 		return Installed{}, err
 	}
@@ -257,12 +266,12 @@ func (a *Access) Install(ctx context.Context, t reconcile.Box, name, version str
 		return Installed{}, nil
 	}
 
-	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), quote(info.ManifestDigest), len(data), quote(a.cfg.IdentityCommand))
+	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), quote(info.ManifestDigest), len(data), quote(o.cfg.IdentityCommand))
 	var in io.Reader = bytes.NewReader(data)
 	if progress != nil {
 		in = &progressReader{r: in, fn: progress}
 	}
-	out, status, err := a.run(ctx, t, "sh -c "+quote(script), in, 1024)
+	out, status, err := o.access.Run(ctx, t, "sh -c "+quote(script), in, 1024)
 	if err != nil {
 		return Installed{}, fmt.Errorf("install %s on %s: %w", name, t.InstanceID, err)
 	}
@@ -279,10 +288,10 @@ func (a *Access) Install(ctx context.Context, t reconcile.Box, name, version str
 
 // holds reports whether the plugin directory dir holds the bundle with
 // digest, with its manifest intact.
-func (a *Access) holds(ctx context.Context, t reconcile.Box, dir, digest, manifestDigest string) (bool, error) {
+func (o *Ops) holds(ctx context.Context, t reconcile.Box, dir, digest, manifestDigest string) (bool, error) {
 	cmd := fmt.Sprintf(`d=%s; if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$d/.bundle-digest" ] && [ -f "$d/%s" ] && [ ! -L "$d/%s" ]; then head -c 100 "$d/.bundle-digest"; sha256sum <"$d/%s"; else exit %d; fi`,
 		quote(dir), reconcile.ManifestFile, reconcile.ManifestFile, reconcile.ManifestFile, exitNotFound)
-	out, status, err := a.run(ctx, t, cmd, nil, 512)
+	out, status, err := o.access.Run(ctx, t, cmd, nil, 512)
 	if err != nil || status != 0 {
 		return false, err
 	}
@@ -294,42 +303,10 @@ func (a *Access) holds(ctx context.Context, t reconcile.Box, dir, digest, manife
 	return strings.TrimSpace(lines[0]) == digest && "sha256:"+sum == manifestDigest, nil
 }
 
-// ReadManifests reads several plugins' manifests in one remote command (a
-// missing or unreadable one reads as empty). The reconcile probes plugin by
-// plugin; this is the floor it is measured against.
-func (a *Access) ReadManifests(ctx context.Context, t reconcile.Box, names []string) ([][]byte, error) {
-	reads, err := a.readManifestFiles(ctx, t, names)
-	if err != nil {
-		return nil, err
-	}
-	res := make([][]byte, len(names))
-	for i, n := range names {
-		res[i] = reads[n].data
-	}
-	return res, nil
-}
-
-// CheckBundle refuses, as a *BundleError, a bundle that is unsafe to unpack
-// or that is not the named plugin at the named version. Install runs it
-// first; callers can run it before anything else happens.
-func CheckBundle(name, version string, data []byte) (bundle.Info, error) {
-	info, err := bundle.Inspect(data)
-	if err != nil {
-		return info, &BundleError{Plugin: name, Reason: err.Error()}
-	}
-	if info.Manifest.Name != name {
-		return info, &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest names plugin %q", info.Manifest.Name)}
-	}
-	if info.Manifest.Version != version {
-		return info, &BundleError{Plugin: name, Reason: fmt.Sprintf("its manifest says version %s, not %s", info.Manifest.Version, version)}
-	}
-	return info, nil
-}
-
 // RuntimeIdentity returns the identity of the box's running agent runtime;
 // it changes whenever the runtime (or the box) restarts.
-func (a *Access) RuntimeIdentity(ctx context.Context, t reconcile.Box) (string, error) {
-	out, status, err := a.run(ctx, t, a.cfg.IdentityCommand, nil, 256)
+func (o *Ops) RuntimeIdentity(ctx context.Context, t reconcile.Box) (string, error) {
+	out, status, err := o.access.Run(ctx, t, o.cfg.IdentityCommand, nil, 256)
 	if err != nil {
 		return "", fmt.Errorf("read runtime identity of %s: %w", t.InstanceID, err)
 	}
@@ -425,7 +402,7 @@ var tokenRE = regexp.MustCompile(`^[A-Za-z0-9:/._@+-]{1,400}$`)
 // RestartRuntime runs the restart script with token (see restartScript):
 // the runtime is restarted at most once per token, and only when the box's
 // journal (or force) owes it.
-func (a *Access) RestartRuntime(ctx context.Context, t reconcile.Box, token string, force bool) (RestartReply, error) {
+func (o *Ops) RestartRuntime(ctx context.Context, t reconcile.Box, token string, force bool) (RestartReply, error) {
 	if !tokenRE.MatchString(token) {
 		return RestartReply{}, fmt.Errorf("restart %s: token %q is not a restart id", t.InstanceID, token)
 	}
@@ -433,8 +410,8 @@ func (a *Access) RestartRuntime(ctx context.Context, t reconcile.Box, token stri
 	if force {
 		f = 1
 	}
-	script := fmt.Sprintf(restartScript, quote(t.PluginRoot), quote(token), f, int(a.cfg.TokenGrace.Seconds()), quote(a.cfg.IdentityCommand), quote(a.cfg.RestartCommand))
-	out, status, err := a.run(ctx, t, "sh -c "+quote(script), nil, 4<<10)
+	script := fmt.Sprintf(restartScript, quote(t.PluginRoot), quote(token), f, int(o.cfg.TokenGrace.Seconds()), quote(o.cfg.IdentityCommand), quote(o.cfg.RestartCommand))
+	out, status, err := o.access.Run(ctx, t, "sh -c "+quote(script), nil, 4<<10)
 	if err != nil {
 		return RestartReply{}, fmt.Errorf("restart runtime of %s: %w", t.InstanceID, err)
 	}
@@ -465,10 +442,10 @@ const maxJournal = 64 << 10
 // ReadRestartState reads the runtime's identity and the box's journal in
 // one command. Read-only: a swap or a restart in progress may be half seen,
 // and every half is read conservatively (see internal/restart).
-func (a *Access) ReadRestartState(ctx context.Context, t reconcile.Box) (identity, journal string, err error) {
+func (o *Ops) ReadRestartState(ctx context.Context, t reconcile.Box) (identity, journal string, err error) {
 	cmd := fmt.Sprintf(`id=$(sh -c %s </dev/null 2>/dev/null | head -n 1); if [ -z "$id" ]; then exit 68; fi; printf '%%s\n' "$id"; j=%s/journal; if [ -f "$j" ]; then head -c %d "$j"; fi`,
-		quote(a.cfg.IdentityCommand), quote(stateDir(t)), maxJournal)
-	out, status, err := a.run(ctx, t, cmd, nil, maxJournal+1024)
+		quote(o.cfg.IdentityCommand), quote(stateDir(t)), maxJournal)
+	out, status, err := o.access.Run(ctx, t, cmd, nil, maxJournal+1024)
 	if err != nil {
 		return "", "", fmt.Errorf("read restart state of %s: %w", t.InstanceID, err)
 	}
@@ -486,7 +463,7 @@ func (a *Access) ReadRestartState(ctx context.Context, t reconcile.Box) (identit
 // box lock, every line not sealed with the identity it reads now. Called
 // after a verified restart (a reboot) or when the decision found nothing
 // owed, so a line without an identity is settled too.
-func (a *Access) PruneJournal(ctx context.Context, t reconcile.Box) error {
+func (o *Ops) PruneJournal(ctx context.Context, t reconcile.Box) error {
 	cmd := fmt.Sprintf(`set -eu
 state=%s
 [ -f "$state/journal" ] || exit 0
@@ -500,43 +477,13 @@ while IFS= read -r line || [ -n "$line" ]; do
   i=${line#* }
   if [ "$i" != "$line" ] && [ "$i" = "$cur" ]; then printf '%%s\n' "$line" >>"$state/journal.new"; fi
 done <"$state/journal"
-mv "$state/journal.new" "$state/journal"`, quote(stateDir(t)), quote(a.cfg.IdentityCommand))
-	_, status, err := a.run(ctx, t, "sh -c "+quote(cmd), nil, 1024)
+mv "$state/journal.new" "$state/journal"`, quote(stateDir(t)), quote(o.cfg.IdentityCommand))
+	_, status, err := o.access.Run(ctx, t, "sh -c "+quote(cmd), nil, 1024)
 	if err != nil {
 		return fmt.Errorf("prune the journal of %s: %w", t.InstanceID, err)
 	}
 	if status != 0 {
 		return fmt.Errorf("prune the journal of %s: exit %d", t.InstanceID, status)
-	}
-	return nil
-}
-
-// InstanceRunning fails with the instance's typed error when EC2 says it is
-// not running or does not exist; a failure to ask is no answer (nil).
-func (a *Access) InstanceRunning(ctx context.Context, t reconcile.Box) error {
-	_, _, err := a.describe(ctx, t)
-	var state *InstanceStateError
-	var unknown *UnknownInstanceError
-	if errors.As(err, &state) || errors.As(err, &unknown) {
-		return err
-	}
-	return nil
-}
-
-// RebootInstance reboots the instance through EC2. The shared connection to
-// it is dropped; the next operation reconnects with a fresh key.
-func (a *Access) RebootInstance(ctx context.Context, t reconcile.Box) error {
-	if err := t.Validate(); err != nil {
-		return err
-	}
-	if _, err := a.cfg.EC2.RebootInstances(ctx, &ec2.RebootInstancesInput{InstanceIds: []string{t.InstanceID}}, a.regionOpt(t)); err != nil {
-		return fmt.Errorf("reboot %s: %w", t.InstanceID, err)
-	}
-	a.mu.Lock()
-	c := a.conns[connKey(t)]
-	a.mu.Unlock()
-	if c != nil {
-		a.evict(c)
 	}
 	return nil
 }
@@ -556,20 +503,13 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-type limitedBuffer struct {
-	buf bytes.Buffer
-	max int
+// RebootInstance reboots the instance through EC2 (see eic).
+func (o *Ops) RebootInstance(ctx context.Context, t reconcile.Box) error {
+	return o.access.RebootInstance(ctx, t)
 }
 
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	if room := l.max - l.buf.Len(); room > 0 {
-		if len(p) > room {
-			l.buf.Write(p[:room])
-		} else {
-			l.buf.Write(p)
-		}
-	}
-	return len(p), nil
+// InstanceRunning fails with the instance's typed error when EC2 says it is
+// not running or does not exist (see eic).
+func (o *Ops) InstanceRunning(ctx context.Context, t reconcile.Box) error {
+	return o.access.InstanceRunning(ctx, t)
 }
-
-func (l *limitedBuffer) String() string { return l.buf.String() }
