@@ -19,7 +19,10 @@ func main() {
 }
 
 func run() error {
-	cfg := service.FromEnv()
+	cfg, err := service.FromEnv()
+	if err != nil {
+		return err
+	}
 	cfg.Flags(flag.CommandLine)
 	flag.Parse()
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

@@ -2,9 +2,12 @@ package service_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,11 +25,54 @@ import (
 // host must not fight over the default port); unset, it has its default.
 func TestEmptyMetricsAddrDisablesMetrics(t *testing.T) {
 	t.Setenv("METRICS_ADDR", "")
-	require.Empty(t, service.FromEnv().MetricsAddr)
+	cfg, err := service.FromEnv()
+	require.NoError(t, err)
+	require.Empty(t, cfg.MetricsAddr)
+	t.Setenv("CATALOG_DIR", "")
+	cfg, err = service.FromEnv()
+	require.NoError(t, err)
+	require.Equal(t, "./catalog", cfg.CatalogDir, "nothing means the default elsewhere")
+}
+
+// A value that does not parse is an error naming the variable, not a
+// silent default.
+func TestBadSettingIsNamed(t *testing.T) {
+	for env, val := range map[string]string{"SSH_PORT": "twenty-two", "MIGRATE": "maybe", "WORKER_STOP_TIMEOUT": "10"} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, val)
+			_, err := service.FromEnv()
+			require.ErrorContains(t, err, env)
+			require.ErrorContains(t, err, val)
+		})
+	}
+}
+
+// Flags override the environment, each under its documented name.
+func TestFlagsOverrideTheEnvironment(t *testing.T) {
+	t.Setenv("SSH_PORT", "2222")
+	cfg, err := service.FromEnv()
+	require.NoError(t, err)
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	cfg.Flags(fs)
+	require.NoError(t, fs.Parse([]string{"--ssh-port", "22", "--migrate=false", "--stop-timeout", "15m"}))
+	require.Equal(t, 22, cfg.SSHPort)
+	require.False(t, cfg.Migrate)
+	require.Equal(t, 15*time.Minute, cfg.StopTimeout)
+}
+
+// The README's table is the configuration's own (between its markers).
+func TestREADMEConfigurationTableIsTheCode(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	const begin, end = "<!-- configuration table: generated from internal/service/config.go -->\n", "<!-- end of configuration table -->"
+	readme := string(data)
+	i, j := strings.Index(readme, begin), strings.Index(readme, end)
+	require.True(t, i >= 0 && j > i, "README.md has no configuration table markers")
+	require.Equal(t, service.ConfigTable(), readme[i+len(begin):j], "README's table differs from internal/service/config.go")
 }
 
 func TestStopTimeoutCoversARestart(t *testing.T) {
-	cfg := service.FromEnv()
+	cfg := service.Defaults()
 	cfg.DatabaseURL = "postgres://x"
 	require.Equal(t, workflows.RestartAttemptTimeout, cfg.StopTimeout)
 	require.NoError(t, cfg.Validate())
@@ -41,7 +87,7 @@ func TestWorkerWaitsForTheDatabase(t *testing.T) {
 	}
 	dir := t.TempDir()
 	port := freeport.MustGetFreePort()
-	cfg := service.FromEnv()
+	cfg := service.Defaults()
 	cfg.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
 	cfg.CatalogDir = t.TempDir()
 	done := make(chan error, 1)

@@ -7,11 +7,8 @@ package service
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -29,105 +26,6 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
-
-// Config is the worker's configuration. Temporal's own settings come from
-// the SDK's envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, …) and AWS's
-// from the SDK's standard chain (AWS_REGION, AWS_ENDPOINT_URL_EC2, …).
-type Config struct {
-	DatabaseURL     string // DATABASE_URL
-	CatalogDir      string // CATALOG_DIR
-	Migrate         bool   // MIGRATE (default true): apply migrations at start
-	AccessMode      string // EIC_MODE: direct or endpoint
-	SSHPort         int    // SSH_PORT (default 22)
-	EndpointID      string // EIC_ENDPOINT_ID
-	EndpointURL     string // EIC_ENDPOINT_URL (override of the endpoint's websocket base)
-	RestartMode     string // RESTART_MODE: runtime or reboot
-	RestartCommand  string // RESTART_COMMAND
-	IdentityCommand string // IDENTITY_COMMAND
-	MaxActivities   int    // MAX_CONCURRENT_ACTIVITIES (default 64)
-	MetricsAddr     string // METRICS_ADDR (default 127.0.0.1:9464; empty string disables)
-	// StopTimeout (WORKER_STOP_TIMEOUT) is how long the worker drains on
-	// SIGTERM: activities in flight finish first. At least the longest
-	// restart attempt (workflows.RestartAttemptTimeout), its default.
-	StopTimeout time.Duration
-	// DialPerOperation (neither a variable nor a flag: the benchmark's
-	// naive worker sets it) opens one connection and pushes one key per
-	// operation.
-	DialPerOperation bool
-}
-
-// Variables lists every environment variable the worker reads itself.
-var Variables = []string{
-	"DATABASE_URL", "CATALOG_DIR", "MIGRATE", "EIC_MODE", "SSH_PORT", "EIC_ENDPOINT_ID",
-	"EIC_ENDPOINT_URL", "RESTART_MODE", "RESTART_COMMAND", "IDENTITY_COMMAND", "MAX_CONCURRENT_ACTIVITIES",
-	"METRICS_ADDR", "WORKER_STOP_TIMEOUT",
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v, err := time.ParseDuration(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
-}
-
-// envSetOr is the variable's value when it is set, even to "" (which
-// turns the setting off), else def.
-func envSetOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-// FromEnv reads the configuration from the environment.
-func FromEnv() Config {
-	return Config{
-		DatabaseURL:     os.Getenv("DATABASE_URL"),
-		CatalogDir:      envOr("CATALOG_DIR", "./catalog"),
-		Migrate:         envOr("MIGRATE", "true") != "false",
-		AccessMode:      envOr("EIC_MODE", string(eic.Direct)),
-		SSHPort:         envInt("SSH_PORT", 22),
-		EndpointID:      os.Getenv("EIC_ENDPOINT_ID"),
-		EndpointURL:     os.Getenv("EIC_ENDPOINT_URL"),
-		RestartMode:     envOr("RESTART_MODE", activities.RestartRuntime),
-		RestartCommand:  envOr("RESTART_COMMAND", onbox.DefaultRestartCommand),
-		IdentityCommand: envOr("IDENTITY_COMMAND", onbox.DefaultIdentityCommand),
-		MaxActivities:   envInt("MAX_CONCURRENT_ACTIVITIES", 64),
-		MetricsAddr:     envSetOr("METRICS_ADDR", "127.0.0.1:9464"),
-		StopTimeout:     envDuration("WORKER_STOP_TIMEOUT", workflows.RestartAttemptTimeout),
-	}
-}
-
-// Flags binds flags that override c (whose values are the defaults).
-func (c *Config) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "Postgres connection string (DATABASE_URL)")
-	fs.StringVar(&c.CatalogDir, "catalog", c.CatalogDir, "plugin catalog directory (CATALOG_DIR)")
-	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply database migrations at start (MIGRATE)")
-	fs.StringVar(&c.AccessMode, "eic-mode", c.AccessMode, "how to reach boxes: direct or endpoint (EIC_MODE)")
-	fs.IntVar(&c.SSHPort, "ssh-port", c.SSHPort, "sshd port on the boxes (SSH_PORT)")
-	fs.StringVar(&c.EndpointID, "eic-endpoint-id", c.EndpointID, "EC2 Instance Connect Endpoint id (EIC_ENDPOINT_ID)")
-	fs.StringVar(&c.EndpointURL, "eic-endpoint-url", c.EndpointURL, "override of the endpoint's websocket URL (EIC_ENDPOINT_URL)")
-	fs.StringVar(&c.RestartMode, "restart-mode", c.RestartMode, "runtime (restart command over SSH) or reboot (EC2) (RESTART_MODE)")
-	fs.StringVar(&c.RestartCommand, "restart-command", c.RestartCommand, "command that restarts the runtime on a box (RESTART_COMMAND)")
-	fs.StringVar(&c.IdentityCommand, "identity-command", c.IdentityCommand, "command that prints the runtime's identity (IDENTITY_COMMAND)")
-	fs.IntVar(&c.MaxActivities, "max-activities", c.MaxActivities, "concurrent activities per worker (MAX_CONCURRENT_ACTIVITIES)")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of the Prometheus /metrics endpoint (METRICS_ADDR)")
-	fs.DurationVar(&c.StopTimeout, "stop-timeout", c.StopTimeout, "how long to drain activities on SIGTERM (WORKER_STOP_TIMEOUT)")
-}
 
 // Validate names the first bad setting.
 func (c Config) Validate() error {

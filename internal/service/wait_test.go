@@ -27,3 +27,11 @@ func TestDatabaseAwayOrRefusing(t *testing.T) {
 		require.Equal(t, tt.away, databaseAway(fmt.Errorf("connect: %w", tt.err)), tt.err.Error())
 	}
 }
+
+// Every declared default parses into its field.
+func TestDefaultsParse(t *testing.T) {
+	for _, s := range settings {
+		var c Config
+		require.NoError(t, set(s.field(&c), s.Default), s.Env)
+	}
+}

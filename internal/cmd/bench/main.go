@@ -171,9 +171,12 @@ func main() {
 	naiveWorker := flag.Bool("naive-worker", false, "run as the naive path's worker (configured by the environment, as the worker is)")
 	flag.Parse()
 	if *naiveWorker {
-		cfg := service.FromEnv()
-		cfg.DialPerOperation = true
-		if err := service.Run(context.Background(), cfg, slog.New(slog.NewJSONHandler(os.Stderr, nil))); err != nil {
+		cfg, err := service.FromEnv()
+		if err == nil {
+			cfg.DialPerOperation = true
+			err = service.Run(context.Background(), cfg, slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench: naive worker:", err)
 			os.Exit(1)
 		}
@@ -574,7 +577,7 @@ func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
 	}
 	defer stop()
 	n := noop{version: "1.0.0"}
-	w := worker.New(b.c, workflows.TaskQueue, service.WorkerOptions(service.FromEnv().MaxActivities))
+	w := worker.New(b.c, workflows.TaskQueue, service.WorkerOptions(service.Defaults().MaxActivities))
 	w.RegisterWorkflow(workflows.ReconcileWorkspace)
 	w.RegisterWorkflow(workflows.ReconcilePlugin)
 	w.RegisterActivity(&activities.Activities{Box: n, Store: n, Catalog: n})

@@ -163,7 +163,7 @@ func run() error {
 		return err
 	}
 
-	cfg := service.FromEnv()
+	cfg := service.Defaults()
 	cfg.DatabaseURL, cfg.CatalogDir, cfg.Migrate = dsn, catDir, true
 	cfg.AccessMode, cfg.SSHPort = "direct", fl.Port
 	cfg.RestartMode, cfg.RestartCommand, cfg.IdentityCommand = "runtime", fleet.RestartCommand, fleet.IdentityCommand

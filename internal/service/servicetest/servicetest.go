@@ -70,7 +70,7 @@ func New(t *testing.T) *Stack {
 
 	s.DSN = pgcluster.NewTestDatabase(t)
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := service.FromEnv()
+	cfg := service.Defaults()
 	cfg.DatabaseURL, cfg.CatalogDir, cfg.Migrate = s.DSN, s.CatalogDir, true
 	cfg.AccessMode, cfg.SSHPort = "direct", s.Fleet.Port
 	cfg.RestartMode, cfg.RestartCommand, cfg.IdentityCommand = "runtime", fleet.RestartCommand, fleet.IdentityCommand
