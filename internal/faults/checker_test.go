@@ -57,6 +57,8 @@ var regressions = []struct {
 	found string
 }{
 	{1, "a deploy during a Postgres outage: the new worker exited at start (its migration could not connect) while the old one drained away, leaving no worker; a starting worker now waits for Postgres"},
+	{153, "a deploy while Postgres shut down: the new worker's migration got FATAL 57P03 (the database system is shutting down), took it as final and exited, leaving no worker; shutdown, startup and connection errors are now waited for"},
+	{175, "the same as 153, with a Postgres outage landing just after a deploy"},
 }
 
 var checkerPlugins = []string{"github-tools", "mcp-postgres", "code-review", "slack-notify"}
