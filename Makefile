@@ -6,6 +6,7 @@ PKGS  := ./...
 .DEFAULT_GOAL := help
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
+STATICCHECK := v0.8.2
 
 .PHONY: help deps test test-short test-faults lint demo worker bench
 
@@ -24,8 +25,7 @@ deps: ## install what the tests and the demo need (openssh-server, curl; the box
 	  echo "installing postgresql-15"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; }
 
-test: deps ## run every test: unit, integration, end to end (starts what they need)
-	$(GO) vet $(PKGS)
+test: deps lint ## run every test: lint, unit, integration, end to end (starts what they need)
 	$(GO) test -count=1 -timeout 45m $(PKGS)
 
 test-faults: deps ## run the full fault suite (20 worker-crash trials, 200 interleaving schedules) and write docs/faults.md
@@ -34,9 +34,10 @@ test-faults: deps ## run the full fault suite (20 worker-crash trials, 200 inter
 test-short: ## run the tests that start no external processes
 	$(GO) test -count=1 -short $(PKGS)
 
-lint: ## go vet and gofmt check
+lint: ## go vet, gofmt and staticcheck (pinned, run with go run: nothing to install)
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK) $(PKGS)
 
 demo: deps ## run the scenario on the embedded stack (Temporal + Web UI, Postgres, simulated fleet); DEMO_FLAGS=--once to exit after the report
 	$(GO) run ./internal/cmd/demo $(DEMO_FLAGS)

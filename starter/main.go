@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/envconfig"
@@ -75,12 +76,12 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New(usage)
+		return errors.New(strings.TrimSpace(usage))
 	}
 	name, args := args[0], args[1:]
 	if name == "workspace" {
 		if len(args) == 0 || args[0] != "add" {
-			return errors.New(usage)
+			return errors.New(strings.TrimSpace(usage))
 		}
 		name, args = "workspace add", args[1:]
 	}

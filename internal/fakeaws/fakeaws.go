@@ -77,7 +77,6 @@ type Server struct {
 	offset    time.Duration // fake clock: added to the wall clock
 	faults    Faults
 	calls     map[string]int // per API action, including faulted calls
-	tunnels   int
 }
 
 // Faults are injected failures and delays.

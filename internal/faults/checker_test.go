@@ -418,7 +418,7 @@ func (l *lane) after(d time.Duration, fn func()) {
 
 // reset resets the workspace's latest run to one of its completed
 // workflow tasks (the n-th, modulo how many there are), reapplying the
-// signals after it.
+// signals after it (the server's default).
 func (l *lane) reset(ws string, n int) bool {
 	c := ctx(l.t)
 	id := workflows.ReconcileWorkflowID(ws)
@@ -447,7 +447,6 @@ func (l *lane) reset(ws string, n int) bool {
 		Reason:                    "checker: reset to an earlier point",
 		WorkflowTaskFinishEventId: points[n%len(points)],
 		RequestId:                 fmt.Sprintf("checker-%s-%d", runID, n),
-		ResetReapplyType:          enumspb.RESET_REAPPLY_TYPE_SIGNAL,
 	})
 	return err == nil
 }

@@ -168,7 +168,6 @@ func (b *fakeBox) Prune(_ context.Context, current string) error {
 type fakeLedger struct {
 	mu    sync.Mutex
 	rows  []*row
-	marks []time.Time
 	clock time.Time
 }
 
