@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/server/common/testing/freeport"
 
@@ -280,15 +282,9 @@ func (h *harness) serving() int {
 // box boots a box with the given plugins boot-installed and registers its
 // workspace.
 func (h *harness) box(ws string, boot map[string]string) *fleet.Box {
-	bundles := map[string][]byte{}
-	for name, v := range boot {
-		b, err := h.cat.Bundle(context.Background(), name, v)
-		require.NoError(h.t, err)
-		bundles[name] = b.Data
-	}
-	b, err := h.fleet.AddBox(fleet.BoxSpec{BootInstalled: bundles})
+	b, err := h.fleet.Boot(ctx(h.t), h.cat, boot)
 	require.NoError(h.t, err)
-	require.NoError(h.t, h.store.UpsertWorkspace(ctx(h.t), store.Workspace{Box: reconcile.Box{ID: ws, InstanceID: b.InstanceID, Region: "us-east-1", AvailabilityZone: b.AvailabilityZone, OSUser: h.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey}}))
+	require.NoError(h.t, h.store.UpsertWorkspace(ctx(h.t), store.Workspace{Box: b.Workspace(ws)}))
 	return b
 }
 
@@ -334,9 +330,12 @@ func (h *harness) wait(ws string, timeout time.Duration) (workflows.ReconcileRes
 	}
 }
 
+// transient: Temporal could not be reached (it is restarting) or did not
+// answer in time; the wait goes on.
 func transient(err error) bool {
-	s := err.Error()
-	return strings.Contains(s, "Unavailable") || strings.Contains(s, "connection refused") || strings.Contains(s, "context deadline")
+	var unavailable *serviceerror.Unavailable
+	var deadline *serviceerror.DeadlineExceeded
+	return errors.As(err, &unavailable) || errors.As(err, &deadline) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // checkBox verifies the promises for one workspace: every declared plugin is

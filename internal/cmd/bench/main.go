@@ -399,24 +399,19 @@ func (b *bench) boxes(ctx context.Context, prefix string, missing func(int) []in
 	var ids []string
 	var boxes []*fleet.Box
 	for i := range b.o.workspaces {
-		boot := map[string][]byte{}
+		boot := map[string]string{}
 		for j, p := range b.plugins {
-			if slices.Contains(missing(i), j) {
-				continue
+			if !slices.Contains(missing(i), j) {
+				boot[p.Name] = p.Version
 			}
-			bn, err := b.cat.Bundle(ctx, p.Name, p.Version)
-			if err != nil {
-				return fl, nil, nil, err
-			}
-			boot[p.Name] = bn.Data
 		}
-		box, err := fl.AddBox(fleet.BoxSpec{BootInstalled: boot})
+		box, err := fl.Boot(ctx, b.cat, boot)
 		if err != nil {
 			return fl, nil, nil, err
 		}
 		box.SetLatency(b.o.sshLatency)
 		ws := fmt.Sprintf("%s-%04d", prefix, i)
-		if err := b.st.UpsertWorkspace(ctx, store.Workspace{Box: reconcile.Box{ID: ws, InstanceID: box.InstanceID, Region: "us-east-1", AvailabilityZone: box.AvailabilityZone, OSUser: fl.User(), PluginRoot: box.PluginRoot, HostKey: box.HostKey}}); err != nil {
+		if err := b.st.UpsertWorkspace(ctx, store.Workspace{Box: box.Workspace(ws)}); err != nil {
 			return fl, nil, nil, err
 		}
 		ids = append(ids, ws)

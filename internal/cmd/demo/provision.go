@@ -13,7 +13,6 @@ import (
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
@@ -53,19 +52,14 @@ type provisioner struct {
 // BootBox starts a box whose boot install has put BootInstalled on it, and
 // registers its workspace with the box's host key pinned.
 func (p *provisioner) BootBox(ctx context.Context, in ProvisionInput) (Box, error) {
-	boot := map[string][]byte{}
-	for name, version := range in.BootInstalled {
-		b, err := p.catalog.Bundle(ctx, name, version)
-		if err != nil {
-			return Box{}, temporal.NewNonRetryableApplicationError(err.Error(), "UnknownPlugin", nil)
-		}
-		boot[name] = b.Data
+	b, err := p.fleet.Boot(ctx, p.catalog, in.BootInstalled)
+	if errors.Is(err, catalog.ErrUnknownPlugin) {
+		return Box{}, temporal.NewNonRetryableApplicationError(err.Error(), "UnknownPlugin", nil)
 	}
-	b, err := p.fleet.AddBox(fleet.BoxSpec{BootInstalled: boot})
 	if err != nil {
 		return Box{}, err
 	}
-	err = p.store.UpsertWorkspace(ctx, store.Workspace{Box: reconcile.Box{ID: in.WorkspaceID, InstanceID: b.InstanceID, Region: p.fleet.AWS.Region, AvailabilityZone: b.AvailabilityZone, OSUser: p.fleet.User(), PluginRoot: b.PluginRoot, HostKey: b.HostKey}})
+	err = p.store.UpsertWorkspace(ctx, store.Workspace{Box: b.Workspace(in.WorkspaceID)})
 	return Box{InstanceID: b.InstanceID, Addr: b.Addr()}, err
 }
 

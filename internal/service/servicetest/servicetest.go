@@ -5,11 +5,18 @@ package servicetest
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"maps"
+	"net/http"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/server/temporaltest"
@@ -18,7 +25,6 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
-	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -45,6 +51,7 @@ type Stack struct {
 	Client     client.Client
 	Namespace  string
 	Frontend   string
+	metricsURL string
 }
 
 // Ctx is a context that ends with the test.
@@ -95,11 +102,7 @@ func (s *Stack) Bundle(name, version string) []byte {
 // BootBox starts a box with the named plugins boot-installed (name ->
 // version), without registering a workspace for it.
 func (s *Stack) BootBox(bootInstalled map[string]string) *fleet.Box {
-	boot := map[string][]byte{}
-	for name, version := range bootInstalled {
-		boot[name] = s.Bundle(name, version)
-	}
-	b, err := s.Fleet.AddBox(fleet.BoxSpec{BootInstalled: boot})
+	b, err := s.Fleet.Boot(Ctx(s.T), s.Catalog, bootInstalled)
 	require.NoError(s.T, err)
 	return b
 }
@@ -108,7 +111,9 @@ func (s *Stack) BootBox(bootInstalled map[string]string) *fleet.Box {
 // to trust on first use.
 func (s *Stack) Box(workspace string, bootInstalled map[string]string) *fleet.Box {
 	b := s.BootBox(bootInstalled)
-	require.NoError(s.T, s.Service.Store.UpsertWorkspace(Ctx(s.T), store.Workspace{Box: reconcile.Box{ID: workspace, InstanceID: b.InstanceID, Region: fleettest.Region, AvailabilityZone: b.AvailabilityZone, OSUser: s.Fleet.User(), PluginRoot: b.PluginRoot}}))
+	w := b.Workspace(workspace)
+	w.HostKey = ""
+	require.NoError(s.T, s.Service.Store.UpsertWorkspace(Ctx(s.T), store.Workspace{Box: w}))
 	return b
 }
 
@@ -143,4 +148,82 @@ func (s *Stack) Rows(workspace string) map[string]store.Tracking {
 		out[r.PluginName] = r
 	}
 	return out
+}
+
+// Counters is a snapshot of the stack's Prometheus counters, to assert what
+// one subtest added to them.
+type Counters struct {
+	s      *Stack
+	url    string
+	before string
+}
+
+// Counters serves the stack's metrics endpoint (once) and snapshots it.
+func (s *Stack) Counters(t testing.TB) *Counters {
+	t.Helper()
+	if s.metricsURL == "" {
+		addr, err := s.Service.Metrics.Serve(Ctx(s.T), "127.0.0.1:0")
+		require.NoError(t, err)
+		s.metricsURL = "http://" + addr + "/metrics"
+	}
+	return &Counters{s: s, url: s.metricsURL, before: scrapeAll(t, s.metricsURL)}
+}
+
+// Require waits until each sample (name{label="value",...}) has grown by
+// its want since the snapshot, and until the key pushes and the SSH
+// handshakes have grown by the boxes' own count; it fails if they do not.
+func (c *Counters) Require(t testing.TB, box *fleet.Box, want map[string]float64) {
+	t.Helper()
+	want = maps.Clone(want)
+	pushes := float64(c.s.Fleet.AWS.KeyPushes(box.InstanceID))
+	want["eic_key_push_total"] = pushes
+	want["ssh_handshake_total"] = pushes
+	var got map[string]float64
+	ok := assert.Eventually(t, func() bool {
+		now := scrapeAll(t, c.url)
+		got = map[string]float64{}
+		for sample := range want {
+			got[sample] = sum(now, sample) - sum(c.before, sample)
+		}
+		return maps.Equal(got, want)
+	}, 10*time.Second, 100*time.Millisecond)
+	require.True(t, ok, "counters grew by %v, want %v", got, want)
+}
+
+func scrapeAll(t testing.TB, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
+}
+
+// sum adds the samples of a metric whose labels include the given ones
+// (name{k="v",...}); the SDK adds labels of its own.
+func sum(exposition, sample string) float64 {
+	name, want, _ := strings.Cut(strings.TrimSuffix(sample, "}"), "{")
+	total := 0.0
+	for _, line := range strings.Split(exposition, "\n") {
+		metric, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		n, labels, _ := strings.Cut(strings.TrimSuffix(metric, "}"), "{")
+		if n != name {
+			continue
+		}
+		have := strings.Split(labels, ",")
+		match := true
+		for _, l := range strings.Split(want, ",") {
+			if l != "" && !slices.Contains(have, l) {
+				match = false
+			}
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); match && err == nil {
+			total += v
+		}
+	}
+	return total
 }
