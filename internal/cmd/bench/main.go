@@ -218,52 +218,112 @@ func run(o options) error {
 	}
 	defer os.RemoveAll(dir)
 	b := &bench{o: o, dir: dir}
-	step := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "» "+format+"\n", args...) }
-
-	step("building the worker")
-	b.bin = filepath.Join(dir, "worker")
-	if out, err := exec.Command("go", "build", "-o", b.bin, "./worker").CombinedOutput(); err != nil {
-		return fmt.Errorf("build worker: %v: %s", err, out)
-	}
-	step("starting Postgres and the fake AWS endpoint (+%s per call); each run gets a fresh Temporal server (%d history shards)", o.awsLatency, o.shards)
-	pg, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), 0)
+	stop, err := b.setUp(ctx)
+	defer stop()
 	if err != nil {
 		return err
 	}
-	defer pg.Stop()
-	if b.dsn, err = pgcluster.CreateDatabase(ctx, pg.DSN("postgres"), "bench"); err != nil {
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rows, err := b.runScenarios(ctx)
+	if err != nil {
 		return err
+	}
+	orch, io, err := b.runFloors(ctx)
+	if err != nil {
+		return err
+	}
+	if o.only != "" {
+		return printOnly(o, append(rows, orch, io))
+	}
+	report := render(o, rows, orch, io)
+	fmt.Print(report)
+	if o.out != "" {
+		return os.WriteFile(o.out, []byte(report), 0o644)
+	}
+	return nil
+}
+
+func step(format string, args ...any) { fmt.Fprintf(os.Stderr, "» "+format+"\n", args...) }
+
+// setUp builds the worker and starts what every run shares: Postgres, the
+// fake AWS endpoint and the catalog. stop undoes it, also on an error.
+func (b *bench) setUp(ctx context.Context) (stop func(), err error) {
+	var closers []func()
+	stop = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	o := b.o
+	step("building the worker")
+	b.bin = filepath.Join(b.dir, "worker")
+	if out, err := exec.Command("go", "build", "-o", b.bin, "./worker").CombinedOutput(); err != nil {
+		return stop, fmt.Errorf("build worker: %v: %s", err, out)
+	}
+	step("starting Postgres and the fake AWS endpoint (+%s per call); each run gets a fresh Temporal server (%d history shards)", o.awsLatency, o.shards)
+	pg, err := pgcluster.Start(ctx, filepath.Join(b.dir, "pg"), 0)
+	if err != nil {
+		return stop, err
+	}
+	closers = append(closers, pg.Stop)
+	if b.dsn, err = pgcluster.CreateDatabase(ctx, pg.DSN("postgres"), "bench"); err != nil {
+		return stop, err
 	}
 	if _, err := migrations.Apply(ctx, b.dsn); err != nil {
-		return err
+		return stop, err
 	}
 	if b.st, err = store.Open(ctx, b.dsn); err != nil {
-		return err
+		return stop, err
 	}
-	defer b.st.Close()
+	closers = append(closers, b.st.Close)
 	if b.aws, err = fakeaws.Start("us-east-1"); err != nil {
-		return err
+		return stop, err
 	}
-	defer b.aws.Close()
+	closers = append(closers, func() { _ = b.aws.Close() })
 	b.aws.SetFaults(fakeaws.Faults{Latency: o.awsLatency})
-
-	b.catDir = filepath.Join(dir, "catalog")
+	b.catDir = filepath.Join(b.dir, "catalog")
 	for i := range o.plugins {
 		p := workflows.Plugin{Name: fmt.Sprintf("plugin-%02d", i+1), Version: "1.0.0"}
 		b.plugins = append(b.plugins, p)
 		if err := catalog.Publish(b.catDir, p.Name, p.Version, map[string]string{"lib/code.js": strings.Repeat("// plugin code\n", 2000)}); err != nil {
-			return err
+			return stop, err
 		}
 	}
-	if b.cat, err = catalog.New(b.catDir); err != nil {
-		return err
-	}
+	b.cat, err = catalog.New(b.catDir)
+	return stop, err
+}
 
-	type scenario struct {
-		key, name string
-		missing   func(ws int) []int // plugin indexes absent from the box
+// wants says whether this process makes a run: named by its key (boot,
+// fresh, mixed, floor, io), a scenario's variant by key:ours or key:naive.
+func (o options) wants(keys ...string) bool {
+	if o.only == "" {
+		return true
 	}
-	none := func(int) []int { return nil }
+	for _, k := range keys {
+		if slices.Contains(strings.Split(o.only, ","), k) {
+			return true
+		}
+	}
+	return false
+}
+
+// scenario is a fleet to reconcile: which plugins each box lacks.
+type scenario struct {
+	key, name string
+	missing   func(ws int) []int // plugin indexes absent from the box
+}
+
+func (o options) scenarios() []scenario {
 	allOf := func(int) []int {
 		out := make([]int, o.plugins)
 		for i := range out {
@@ -277,103 +337,82 @@ func run(o options) error {
 		}
 		return nil
 	}
-	scenarios := []scenario{
-		{"boot", "1 boot-installed fleet", none},
+	return []scenario{
+		{"boot", "1 boot-installed fleet", func(int) []int { return nil }},
 		{"fresh", "2 fresh fleet, all absent", allOf},
 		{"mixed", "3 mixed: 10 % missing one", tenth},
 	}
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	// A run is named by its key (boot, fresh, mixed, floor, io); a
-	// scenario's variant by key:ours or key:naive.
-	want := func(keys ...string) bool {
-		if o.only == "" {
-			return true
-		}
-		for _, k := range keys {
-			if slices.Contains(strings.Split(o.only, ","), k) {
-				return true
-			}
-		}
-		return false
-	}
+}
+
+// runScenarios measures each scenario wanted, ours and (if asked) naive.
+func (b *bench) runScenarios(ctx context.Context) ([]result, error) {
+	o := b.o
 	var rows []result
-	for _, sc := range scenarios {
+	for _, sc := range o.scenarios() {
 		variants := []bool{false}
 		if o.naive {
 			variants = append(variants, true)
 		}
 		for _, naive := range variants {
 			variant := map[bool]string{false: "ours", true: "naive"}[naive]
-			if !want(sc.key, sc.key+":"+variant) {
+			if !o.wants(sc.key, sc.key+":"+variant) {
 				continue
 			}
 			name := sc.name + ", " + variant
 			step("%s: %d workspaces × %d plugins", name, o.workspaces, o.plugins)
-			r, err := b.measure(ctx, sc.key+map[bool]string{false: "-ours", true: "-naive"}[naive], naive, sc.missing)
+			r, err := b.measure(ctx, sc.key+"-"+variant, naive, sc.missing)
 			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 			r.name = name
 			rows = append(rows, r)
 			step("%s: %s", name, r.wall.Round(time.Millisecond))
 		}
 	}
-	var orch, io result
-	if want("floor") {
+	return rows, nil
+}
+
+// runFloors measures the orchestration and I/O floors, if wanted.
+func (b *bench) runFloors(ctx context.Context) (orch, io result, err error) {
+	if b.o.wants("floor") {
 		step("orchestration floor: the same workflows with no-op activities")
 		if orch, err = b.orchestrationFloor(ctx); err != nil {
-			return err
+			return orch, io, err
 		}
 		orch.name = "orchestration floor"
 		step("orchestration floor: %s", orch.wall.Round(time.Millisecond))
 	}
-	if want("io") {
+	if b.o.wants("io") {
 		step("I/O floor: the same probes over SSH, one connection and one command per box, no Temporal")
 		if io, err = b.ioFloor(ctx); err != nil {
-			return err
+			return orch, io, err
 		}
 		io.name = "I/O floor"
 		step("I/O floor: %s", io.wall.Round(time.Millisecond))
 	}
-	if o.only != "" {
-		for _, r := range append(rows, orch, io) {
-			if r.name != "" {
-				fmt.Printf("%s: wall %.1f s, p50 %.1f s, p95 %.1f s, pushes %d, handshakes %d, box commands %d, events/ws %.0f, deliveries %d, restarts %d (%d needed), failed %d, worker CPU %.1f s, box CPU %.1f s, server CPU %.1f s, machine CPU %.1f s\n",
-					r.name, r.wall.Seconds(), r.p50.Seconds(), r.p95.Seconds(), r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts, r.wantRestarts, r.failed, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds())
-			}
+	return orch, io, nil
+}
+
+// printOnly prints the runs this process made, and writes their figures as
+// JSON for the parent process when asked.
+func printOnly(o options, runs []result) error {
+	var out []resultJSON
+	for _, r := range runs {
+		if r.name == "" {
+			continue
 		}
-		if o.jsonOut != "" {
-			var out []resultJSON
-			for _, r := range append(rows, orch, io) {
-				if r.name != "" {
-					out = append(out, toJSON(r))
-				}
-			}
-			data, err := json.Marshal(out)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(o.jsonOut, data, 0o644)
-		}
+		fmt.Printf("%s: wall %.1f s, p50 %.1f s, p95 %.1f s, pushes %d, handshakes %d, box commands %d, events/ws %.0f, deliveries %d, restarts %d (%d needed), failed %d, worker CPU %.1f s, box CPU %.1f s, server CPU %.1f s, machine CPU %.1f s\n",
+			r.name, r.wall.Seconds(), r.p50.Seconds(), r.p95.Seconds(), r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts, r.wantRestarts, r.failed, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds())
+		out = append(out, toJSON(r))
+	}
+	if o.jsonOut == "" {
 		return nil
 	}
-
-	report := render(o, rows, orch, io)
-	fmt.Print(report)
-	if o.out != "" {
-		return os.WriteFile(o.out, []byte(report), 0o644)
+	data, err := json.Marshal(out)
+	if err != nil {
+		return err
 	}
-	return nil
+	return os.WriteFile(o.jsonOut, data, 0o644)
 }
 
 // temporal starts a fresh embedded server for one run, so that every run,

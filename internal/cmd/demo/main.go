@@ -106,17 +106,59 @@ func run() error {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	progress := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "» "+format+"\n", args...) }
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	st := &stack{}
+	defer st.close()
+	if err := st.start(ctx, *stateDir, *frontendPort, *uiPort); err != nil {
+		return err
+	}
+	report, err := provisionAll(ctx, st.client, st.dev, st.fleet, progress)
+	if err != nil {
+		return err
+	}
+	allOK, err := printReport(report, *asJSON)
+	if err != nil {
+		return err
+	}
+	if *once {
+		if !allOK {
+			return errors.New("an expectation of the scenario did not hold")
+		}
+		return nil
+	}
+	fmt.Printf("\nWeb UI: %s — the stack stays up until Ctrl-C.\n", st.dev.UIURL())
+	<-ctx.Done()
+	return nil
+}
 
-	state, err := filepath.Abs(*stateDir)
+func progress(format string, args ...any) { fmt.Fprintf(os.Stderr, "» "+format+"\n", args...) }
+
+// stack is the demo's running parts, closed in the reverse order of their
+// start.
+type stack struct {
+	dev     *devserver.Server
+	fleet   *fleet.Fleet
+	client  client.Client
+	closers []func()
+}
+
+func (st *stack) close() {
+	for i := len(st.closers) - 1; i >= 0; i-- {
+		st.closers[i]()
+	}
+}
+
+// start brings up Postgres (unless DATABASE_URL is set), the Temporal
+// server and Web UI, the fake AWS endpoint and the fleet, the catalog, and
+// the reconciler's and the provisioning workflow's workers.
+func (st *stack) start(ctx context.Context, stateDir string, frontendPort, uiPort int) error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	state, err := filepath.Abs(stateDir)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(state, 0o755); err != nil {
 		return err
 	}
-
 	dsn := os.Getenv("DATABASE_URL")
 	if dsn == "" {
 		progress("starting private Postgres in %s", filepath.Join(state, "postgres"))
@@ -124,67 +166,72 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		defer pg.Stop()
+		st.closers = append(st.closers, pg.Stop)
 		if dsn, err = ensureDatabase(ctx, pg, "reconciler"); err != nil {
 			return err
 		}
 	}
-
 	progress("starting Temporal server and Web UI (state in %s)", filepath.Join(state, "temporal"))
-	dev, err := devserver.Start(ctx, devserver.Options{
-		StateDir: filepath.Join(state, "temporal"), FrontendPort: *frontendPort, UIPort: *uiPort,
+	if st.dev, err = devserver.Start(ctx, devserver.Options{
+		StateDir: filepath.Join(state, "temporal"), FrontendPort: frontendPort, UIPort: uiPort,
 		SearchAttributes: workflows.SearchAttributes(),
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	defer dev.Stop()
-
+	st.closers = append(st.closers, st.dev.Stop)
 	progress("starting the fake AWS endpoint and the simulated fleet")
 	aws, err := fakeaws.Start("us-east-1")
 	if err != nil {
 		return err
 	}
-	defer aws.Close()
-	fl, err := fleet.New(aws)
-	if err != nil {
+	st.closers = append(st.closers, func() { _ = aws.Close() })
+	if st.fleet, err = fleet.New(aws); err != nil {
 		return err
 	}
-	defer fl.Close()
-
+	st.closers = append(st.closers, func() { _ = st.fleet.Close() })
 	catDir := filepath.Join(state, "catalog")
-	for _, p := range append(declared, workflows.Plugin{Name: "github-tools", Version: "1.1.0"}) {
-		if err := catalog.Publish(catDir, p.Name, p.Version, map[string]string{"bin/run": "#!/bin/sh\necho " + p.String() + "\n"}); err != nil {
-			return err
-		}
-	}
-	cat, err := catalog.New(catDir)
+	cat, err := publishCatalog(catDir)
 	if err != nil {
 		return err
 	}
-
 	cfg := service.Defaults()
 	cfg.DatabaseURL, cfg.CatalogDir, cfg.Migrate = dsn, catDir, true
-	cfg.AccessMode, cfg.SSHPort = "direct", fl.Port
+	cfg.AccessMode, cfg.SSHPort = "direct", st.fleet.Port
 	cfg.RestartMode, cfg.RestartCommand, cfg.IdentityCommand = "runtime", fleet.RestartCommand, fleet.IdentityCommand
 	svc, err := service.New(ctx, cfg, aws.SDKConfig(), logger)
 	if err != nil {
 		return err
 	}
-	defer svc.Close()
+	st.closers = append(st.closers, svc.Close)
+	return st.startWorkers(ctx, svc, cat, logger)
+}
 
-	c, err := client.Dial(client.Options{HostPort: dev.FrontendAddress(), Namespace: devserver.Namespace, Logger: tlog.NewStructuredLogger(logger)})
+// publishCatalog writes the demo's plugins into a catalog directory.
+func publishCatalog(dir string) (*catalog.Catalog, error) {
+	for _, p := range append(declared, workflows.Plugin{Name: "github-tools", Version: "1.1.0"}) {
+		if err := catalog.Publish(dir, p.Name, p.Version, map[string]string{"bin/run": "#!/bin/sh\necho " + p.String() + "\n"}); err != nil {
+			return nil, err
+		}
+	}
+	return catalog.New(dir)
+}
+
+// startWorkers runs the reconciler's worker and the provisioning
+// workflow's.
+func (st *stack) startWorkers(ctx context.Context, svc *service.Service, cat *catalog.Catalog, logger *slog.Logger) error {
+	c, err := client.Dial(client.Options{HostPort: st.dev.FrontendAddress(), Namespace: devserver.Namespace, Logger: tlog.NewStructuredLogger(logger)})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	st.client = c
+	st.closers = append(st.closers, c.Close)
 	// A state directory from an older version may lack some attributes.
 	if err := workflows.EnsureSearchAttributes(ctx, c, devserver.Namespace); err != nil {
 		return err
 	}
 	rw := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
 	svc.Register(rw)
-	prov = &provisioner{fleet: fl, catalog: cat, store: svc.Store}
+	prov = &provisioner{fleet: st.fleet, catalog: cat, store: svc.Store}
 	pw := worker.New(c, ProvisioningQueue, worker.Options{})
 	pw.RegisterWorkflow(ProvisionWorkspace)
 	pw.RegisterActivity(prov)
@@ -192,27 +239,25 @@ func run() error {
 		if err := w.Start(); err != nil {
 			return err
 		}
-		defer w.Stop()
+		st.closers = append(st.closers, w.Stop)
 	}
-	progress("worker running on task queue %s; Web UI at %s", workflows.TaskQueue, dev.UIURL())
+	progress("worker running on task queue %s; Web UI at %s", workflows.TaskQueue, st.dev.UIURL())
+	return nil
+}
 
-	report, err := provisionAll(ctx, c, dev, fl, progress)
-	if err != nil {
-		return err
-	}
+// printReport prints one line per workspace (or the JSON) and says whether
+// every expectation held.
+func printReport(report []line, asJSON bool) (bool, error) {
 	allOK := true
-	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(report); err != nil {
-			return err
-		}
-	}
 	for _, l := range report {
 		allOK = allOK && l.OK
-		if *asJSON {
-			continue
-		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return allOK, enc.Encode(report)
+	}
+	for _, l := range report {
 		mark := "ok"
 		if !l.OK {
 			mark = "FAILED: " + l.Problem
@@ -224,15 +269,7 @@ func run() error {
 		fmt.Printf("%-10s %s  %-44s %d recorded, %d delivered, %s (%s)  [%s]\n    %s\n",
 			l.Workspace, l.InstanceID, l.Story, l.Recorded, l.Delivered, restarted, l.Why, mark, l.UI)
 	}
-	if *once {
-		if !allOK {
-			return errors.New("an expectation of the scenario did not hold")
-		}
-		return nil
-	}
-	fmt.Printf("\nWeb UI: %s — the stack stays up until Ctrl-C.\n", dev.UIURL())
-	<-ctx.Done()
-	return nil
+	return allOK, nil
 }
 
 func provisionAll(ctx context.Context, c client.Client, dev *devserver.Server, fl *fleet.Fleet, progress func(string, ...any)) ([]line, error) {
