@@ -194,7 +194,7 @@ func (a *Activities) RecordTracking(ctx context.Context, in reconcile.TrackInput
 }
 
 // DeliverViaEIC installs the plugin's bundle on the box: the restart
-// protocol's steps (1) and (2) (see internal/restart). The mark is written
+// protocol's steps (1) and (2) (see internal/reconcile/restart.go). The mark is written
 // before the box changes; the swap journals itself on the box under the box
 // lock, with the runtime identity it happened under, and the mark is sealed
 // with it. Idempotent, also when a timed-out attempt still runs: the

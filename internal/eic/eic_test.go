@@ -200,7 +200,7 @@ func TestTrustOnFirstUseRecordsThenPins(t *testing.T) {
 		keyFile := filepath.Join(e.fleet.Dir(), e.box.InstanceID, "ssh_host_ed25519_key")
 		require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600))
 		require.NoError(t, e.box.StartSSHD())
-		time.Sleep(400 * time.Millisecond) // let the idle connection go
+		require.Eventually(t, func() bool { return e.box.OpenConnections() == 0 }, 5*time.Second, 10*time.Millisecond, "the idle connection went")
 
 		_, err = e.ops.ReadManifest(ctx(t), e.target, "github-tools")
 		var mismatch *eic.HostKeyMismatchError
@@ -324,14 +324,14 @@ func TestIdleConnectionIsClosedAndRedialled(t *testing.T) {
 	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.IdleTimeout = 200 * time.Millisecond })
 	_, err := e.ops.ReadManifest(ctx(t), e.target, "github-tools")
 	require.NoError(t, err)
-	time.Sleep(700 * time.Millisecond)
+	require.Eventually(t, func() bool { return e.box.OpenConnections() == 0 }, 5*time.Second, 10*time.Millisecond, "the idle connection was closed")
 	_, err = e.ops.ReadManifest(ctx(t), e.target, "github-tools")
 	require.NoError(t, err)
 	require.Equal(t, 2, e.aws.KeyPushes(e.box.InstanceID))
 	require.Equal(t, 2, e.box.Logins())
 }
 
-func TestNoReuseDialsPerOperation(t *testing.T) {
+func TestDialPerOperationDialsPerOperation(t *testing.T) {
 	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.DialPerOperation = true })
 	for range 3 {
 		_, err := e.ops.ReadManifest(ctx(t), e.target, "github-tools")

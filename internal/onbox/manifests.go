@@ -136,12 +136,10 @@ func (o *Ops) runManifestBatch(key string, box *manifestBox, b *manifestBatch) {
 	o.mu.Unlock()
 }
 
-// readManifestFiles reads the named plugins' manifests in one command (every
-// manifest read goes through it: batched, single with NoReuse, and
-// ReadManifests). Each
-// file is one output line: its status (the single read's exit codes), and
-// for a readable file its first reconcile.MaxManifestBytes+1 bytes in base64,
-// so no content can forge another plugin's line.
+// readManifestFiles reads the named plugins' manifests in one command.
+// Each file is one output line: its status (the single read's exit codes),
+// and for a readable file its first reconcile.MaxManifestBytes+1 bytes in
+// base64, so no content can forge another plugin's line.
 func (o *Ops) readManifestFiles(ctx context.Context, t reconcile.Box, names []string) (map[string]manifestRead, error) {
 	var cmd strings.Builder
 	cmd.WriteString("for f in")

@@ -441,7 +441,7 @@ const maxJournal = 64 << 10
 
 // ReadRestartState reads the runtime's identity and the box's journal in
 // one command. Read-only: a swap or a restart in progress may be half seen,
-// and every half is read conservatively (see internal/restart).
+// and every half is read conservatively (see internal/reconcile/restart.go).
 func (o *Ops) ReadRestartState(ctx context.Context, t reconcile.Box) (identity, journal string, err error) {
 	cmd := fmt.Sprintf(`id=$(sh -c %s </dev/null 2>/dev/null | head -n 1); if [ -z "$id" ]; then exit 68; fi; printf '%%s\n' "$id"; j=%s/journal; if [ -f "$j" ]; then head -c %d "$j"; fi`,
 		quote(o.cfg.IdentityCommand), quote(stateDir(t)), maxJournal)

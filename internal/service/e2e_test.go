@@ -256,7 +256,10 @@ func TestOperatorsEndToEnd(t *testing.T) {
 		s.Fleet.AWS.SetFaults(fakeaws.Faults{Latency: 2 * time.Second})
 		run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-term", Plugins: declared})
 		require.NoError(t, err)
-		time.Sleep(time.Second)
+		require.Eventually(t, func() bool {
+			d, err := s.Client.DescribeWorkflowExecution(ctx(t), run.GetID(), run.GetRunID())
+			return err == nil && len(d.GetPendingChildren()) > 0
+		}, time.Minute, 10*time.Millisecond, "the run is probing the box")
 		require.NoError(t, s.Client.TerminateWorkflow(ctx(t), run.GetID(), run.GetRunID(), "operator test"))
 		s.Fleet.AWS.SetFaults(fakeaws.Faults{})
 		// The terminated run's children are cancelled; wait until they close
