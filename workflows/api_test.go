@@ -7,6 +7,7 @@ import (
 )
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	ok := ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{Name: "gh", Version: "1.0.0"}}}
 	require.NoError(t, ok.Validate())
 	many := make([]Plugin, MaxPlugins+1)
@@ -42,6 +43,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestFold(t *testing.T) {
+	t.Parallel()
 	a1, a2, b1, c1 := Plugin{Name: "a", Version: "1"}, Plugin{Name: "a", Version: "2"}, Plugin{Name: "b", Version: "1"}, Plugin{Name: "c", Version: "1"}
 	tests := []struct {
 		desc string

@@ -15,6 +15,7 @@ import (
 )
 
 func TestPermitPool(t *testing.T) {
+	t.Parallel()
 	a1, a2, b1, c1 := PermitRequest{"a", 1}, PermitRequest{"a", 2}, PermitRequest{"b", 1}, PermitRequest{"c", 1}
 	grants := func(p *permitPool) []PermitRequest {
 		var out []PermitRequest

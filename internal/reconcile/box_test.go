@@ -7,6 +7,7 @@ import (
 )
 
 func TestBoxValidation(t *testing.T) {
+	t.Parallel()
 	good := Box{InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
 	require.NoError(t, good.Validate())
 	for desc, mut := range map[string]func(*Box){

@@ -8,6 +8,7 @@ import (
 )
 
 func TestValidateName(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		ok   bool
@@ -46,6 +47,7 @@ func TestValidateName(t *testing.T) {
 }
 
 func TestValidateVersion(t *testing.T) {
+	t.Parallel()
 	for _, v := range []string{"1.2.0", "2024.01.01", "1.0.0-rc.1", "1.0.0+build5"} {
 		require.NoError(t, ValidateVersion(v), v)
 	}
@@ -55,6 +57,7 @@ func TestValidateVersion(t *testing.T) {
 }
 
 func TestParseManifest(t *testing.T) {
+	t.Parallel()
 	bomb := "a: &a [x,x,x,x,x,x,x,x,x]\n"
 	prev := "a"
 	for _, n := range []string{"b", "c", "d", "e", "f", "g", "h", "i"} {
@@ -96,6 +99,7 @@ func TestParseManifest(t *testing.T) {
 }
 
 func TestManifestRoundTrip(t *testing.T) {
+	t.Parallel()
 	m := Manifest{Name: "a.b", Version: "1.0.0", Digest: "sha256:00"}
 	got, err := ParseManifest(m.Marshal())
 	require.NoError(t, err)

@@ -12,12 +12,14 @@ import (
 )
 
 func TestParseJournal(t *testing.T) {
+	t.Parallel()
 	got := ParseJournal("gh r1\n\ncode-review r2 with spaces\nbroken\n")
 	require.Equal(t, []JournalEntry{{"gh", "r1"}, {"code-review", "r2 with spaces"}, {"broken", ""}}, got)
 	require.Empty(t, ParseJournal(""))
 }
 
 func TestDecide(t *testing.T) {
+	t.Parallel()
 	since := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	journal := func(f RestartFacts) RestartFacts { f.JournalRead = true; return f }
 	tests := []struct {
@@ -233,6 +235,7 @@ func newFakes() (*fakeBox, *fakeLedger) {
 }
 
 func TestRunRestartsOnceForConcurrentAttempts(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{ModeRuntime, ModeReboot} {
 		t.Run(mode, func(t *testing.T) {
 			box, ledger := newFakes()
@@ -264,6 +267,7 @@ func TestRunRestartsOnceForConcurrentAttempts(t *testing.T) {
 }
 
 func TestRunAdoptsARestartInFlight(t *testing.T) {
+	t.Parallel()
 	box, ledger := newFakes()
 	box.swap("a")
 	// An attempt issued a restart and died before sending it.
@@ -285,6 +289,7 @@ func TestRunAdoptsARestartInFlight(t *testing.T) {
 }
 
 func TestRunGivesASwapDuringTheRestartItsOwn(t *testing.T) {
+	t.Parallel()
 	box, ledger := newFakes()
 	box.swap("a")
 	res, err := RunRestart(context.Background(), ledger, box, RestartRequest{RestartID: "one", Mode: ModeRuntime})
@@ -300,6 +305,7 @@ func TestRunGivesASwapDuringTheRestartItsOwn(t *testing.T) {
 }
 
 func TestRunWaitsForAnIssuedRebootWithinItsGrace(t *testing.T) {
+	t.Parallel()
 	box, ledger := newFakes()
 	box.swap("a")
 	box.rebootAfter = 50 * time.Millisecond
@@ -326,6 +332,7 @@ func TestRunWaitsForAnIssuedRebootWithinItsGrace(t *testing.T) {
 }
 
 func TestRunStopsRetryingACommandThatFails(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		status    int
 		attempt   int32
@@ -353,6 +360,7 @@ func TestRunStopsRetryingACommandThatFails(t *testing.T) {
 // A swap that lands while a restart runs (a delivery that outlived its
 // run) gets a restart of its own, in the same attempt, under its own id.
 func TestRunRestartsAgainForASwapDuringTheRestart(t *testing.T) {
+	t.Parallel()
 	box, ledger := newFakes()
 	box.swap("a")
 	late := &lateSwapBox{fakeBox: box}

@@ -7,6 +7,7 @@ import (
 )
 
 func TestDecidePlugin(t *testing.T) {
+	t.Parallel()
 	want := Plugin{Name: "gh", Version: "1.2.0"}
 	wantDigest := Plugin{Name: "gh", Version: "1.2.0", Digest: "sha256:aa"}
 	tests := []struct {
