@@ -278,7 +278,7 @@ func (r *run) fail(ctx workflow.Context, err error) (ReconcileResult, error) {
 // cancel, what the children verified is recorded, and a restart owed by a
 // delivery (even one cut in the middle) stays pending in the store for the
 // next reconcile. The result, the cancellation's details, says whether one
-// is owed, as read from the store after the cancel.
+// is owed, as read from the store and the box after the cancel.
 func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 	for name, res := range r.results {
 		if res.Action == ActionPending {

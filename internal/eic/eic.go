@@ -6,9 +6,9 @@
 //
 // One SSH connection per box is kept per process, shared by concurrent
 // callers and closed when idle, so reconciling N plugins on a box costs one
-// key push and one handshake. On top of it sit the remote operations the
-// reconciler needs: read a manifest, install a bundle atomically, read the
-// runtime identity, restart the runtime, reboot the instance.
+// key push and one handshake. On top of it sit Run, for one remote command,
+// and the EC2 calls (reboot, instance state); what the reconciler runs on a
+// box is in internal/onbox.
 package eic
 
 import (

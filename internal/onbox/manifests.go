@@ -44,7 +44,7 @@ type manifestBatch struct {
 // manifestBox is a box's batching state: the batch still open to new reads
 // and the turn that lets one command run at a time.
 type manifestBox struct {
-	open  map[string]*manifestBatch // by target (plugin root, host key)
+	open  map[string]*manifestBatch // by batchKey (plugin root, host key)
 	turn  chan struct{}
 	users int
 }
@@ -59,7 +59,7 @@ func (o *Ops) readManifestBatched(ctx context.Context, t reconcile.Box, name str
 	select {
 	case <-o.stop:
 		o.mu.Unlock()
-		return manifestRead{}, fmt.Errorf("read manifest on %s: box access is closed", t.InstanceID)
+		return manifestRead{}, fmt.Errorf("read manifest on %s: box operations are closed", t.InstanceID)
 	default:
 	}
 	box := o.manifests[key]

@@ -239,7 +239,7 @@ type Installed struct {
 }
 
 // Install installs a packed bundle as <plugin_root>/<name> atomically. The
-// bundle is checked locally first (CheckBundle): a bundle that could write
+// bundle is checked locally first (bundle.CheckPlugin): a bundle that could write
 // outside the plugin's directory, or that is not name@version, is refused
 // before anything is sent. When the box already holds exactly this bundle,
 // with its manifest intact, nothing is transferred. progress, if set, is

@@ -1,6 +1,7 @@
-// Package plugin holds what every layer agrees on about a plugin: which names
-// are valid (they become path components on a box) and how its manifest,
-// plugin.yaml, is read.
+// What every layer agrees on about a plugin: which names are valid (they
+// become path components on a box) and how its manifest, plugin.yaml, is
+// read.
+
 package reconcile
 
 import (

@@ -1,8 +1,8 @@
-// The restart protocol: how every change
-// swapped onto a box is followed by exactly one restart of its runtime after
-// the swap, how no restart happens without a change, and how nothing owed is
-// lost, whatever triggers, crashes, retries, deploys, resets and operator
-// actions land between the steps. Its states, and who moves each:
+// The restart protocol: how every change swapped onto a box is followed by
+// exactly one restart of its runtime after the swap, how no restart happens
+// without a change, and how nothing owed is lost, whatever triggers,
+// crashes, retries, deploys, resets and operator actions land between the
+// steps. Its states, and who moves each:
 //
 //	(1) mark written ─────────── store: restart_marks row, restart_pending_since
 //	     │                       by DeliverViaEIC, before the box is touched

@@ -320,7 +320,7 @@ func TestRunWaitsForAnIssuedRebootWithinItsGrace(t *testing.T) {
 	require.Equal(t, LedgerAlready, res.Restarts[0].Outcome)
 	require.Empty(t, box.journal, "lines the reboot settled are pruned")
 
-	// IssuedRestart but never sent: after the grace it is issued again.
+	// Issued but never sent: after the grace it is issued again.
 	box.swap("b")
 	_, _, err = ledger.Issue(context.Background(), IssuedRestart{RestartID: "lost", Mode: ModeReboot, IdentityBefore: box.identity}, "test")
 	require.NoError(t, err)

@@ -64,7 +64,9 @@ type BoxSide interface {
 	// known not to be running (stopped, terminated, gone); a failure to
 	// find out is not an answer and returns nil.
 	Running(ctx context.Context) error
-	// Prune drops journal lines sealed with identities other than current.
+	// Prune drops the journal lines the runtime has outlived (current is the
+	// caller's view; an implementation may read the identity again, under
+	// the box lock).
 	Prune(ctx context.Context, current string) error
 }
 
@@ -289,7 +291,7 @@ func reboot(ctx context.Context, l Ledger, b BoxSide, req RestartRequest, row Is
 		}
 		return LedgerRestarted, after, prune(ctx, b, after)
 	}
-	// IssuedRestart by another attempt: wait for it, up to the grace since it was
+	// Issued by another attempt: wait for it, up to the grace since it was
 	// issued, before counting it as lost and issuing again.
 	grace := req.RebootGrace - row.Age
 	if grace < time.Second {

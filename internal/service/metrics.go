@@ -21,7 +21,8 @@ import (
 // Metrics is the worker's Prometheus registry. The SDK's metrics, and the
 // counters the workflows and activities emit through the SDK's metrics
 // handler (plugin_probe_total{result}, plugin_delivery_total,
-// box_restart_total{reason}, box_restart_skipped_total{reason}), reach it
+// box_restart_total{reason}, box_restart_skipped_total{reason},
+// box_restart_done_total), reach it
 // through tally's Prometheus reporter; box access's eic_key_push_total and
 // ssh_handshake_total are read from its counters at scrape time.
 type Metrics struct {
