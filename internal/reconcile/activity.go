@@ -13,6 +13,10 @@ const (
 	ActivityClearRestartPending = "ClearRestartPending"
 	ActivityRestartBox          = "RestartBox"
 	ActivityListWorkspaces      = "ListWorkspaces"
+	ActivityRecordDeclaration   = "RecordDeclaration"
+	ActivityObserveDeclaration  = "ObserveDeclaration"
+	ActivityRemoveViaEIC        = "RemoveViaEIC"
+	ActivityForgetTracking      = "ForgetTracking"
 )
 
 // Error types of permanent failures. Workflows list them as non-retryable;
@@ -119,6 +123,51 @@ type PageInput struct {
 // DeclaredPlugin is a plugin a sweep re-declares.
 type DeclaredPlugin struct {
 	Name, Version string
+	Digest        string `json:",omitempty"`
+}
+
+// DeclareInput is a declaration to record.
+type DeclareInput struct {
+	WorkspaceID string
+	Plugins     []Plugin
+	// Prune: the declaration is the whole set (see Declare).
+	Prune bool `json:",omitempty"`
+	// Converge: the stored declaration stands as it is; Plugins are
+	// recorded only for a workspace that has none yet (one tracked before
+	// declarations were kept).
+	Converge bool `json:",omitempty"`
+	// DryRun: compute what the declaration would be, write nothing.
+	DryRun bool `json:",omitempty"`
+}
+
+// Declared is a workspace's box and its declaration after
+// RecordDeclaration.
+type Declared struct {
+	Workspace  Box
+	Generation int64
+	// Observed is the generation last reconciled in full.
+	Observed int64 `json:",omitempty"`
+	Plugins  []Plugin // sorted by name
+	// Undeclared are the tracked plugins (name and tracked version) the
+	// declaration does not hold: the reconcile removes them.
+	Undeclared []Plugin `json:",omitempty"`
+}
+
+// ObserveInput marks a declaration's generation reconciled in full.
+type ObserveInput struct {
+	WorkspaceID string
+	Generation  int64
+}
+
+// RemoveInput is a plugin to remove from a box.
+type RemoveInput struct {
+	Workspace Box
+	Plugin    string
+}
+
+// Removal is what RemoveViaEIC did.
+type Removal struct {
+	Changed bool // false: the box did not have it
 }
 
 // SweepTarget is a workspace a sweep reconciles.

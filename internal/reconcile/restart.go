@@ -197,12 +197,29 @@ type RestartDecision struct {
 // Restart reports whether the decision is to restart.
 func (d RestartDecision) Restart() bool { return d.Action == DoRestart }
 
-// RestartRound is what one round of a reconcile did: deliveries (or, in a dry
-// run, deliveries it would make) and plugins found already on the box.
+// RestartRound is what one round of a reconcile did: deliveries and
+// removals (or, in a dry run, those it would make) and plugins found
+// already on the box.
 type RestartRound struct {
 	Delivered int
+	Removed   int `json:",omitempty"`
 	Present   int
 	DryRun    bool
+}
+
+// changed counts the round's changes: deliveries and removals.
+func (r RestartRound) changed() int { return r.Delivered + r.Removed }
+
+// changes words the round's changes.
+func (r RestartRound) changes(verb string) string {
+	s := fmt.Sprintf("%d plugin(s) %s", r.Delivered, verb)
+	if r.Removed > 0 {
+		s = fmt.Sprintf("%d plugin(s) %s, %d removed", r.Delivered, verb, r.Removed)
+		if r.DryRun {
+			s = fmt.Sprintf("%d plugin(s) %s, %d to remove", r.Delivered, verb, r.Removed)
+		}
+	}
+	return s
 }
 
 // DecideRestart decides a box's restart from durable state, not from what a run
@@ -222,8 +239,8 @@ func DecideRestart(r RestartRound, f RestartFacts) RestartDecision {
 		return decideFromMarks(r, f)
 	}
 	cause := func(code RestartCode) string {
-		if r.Delivered > 0 {
-			return fmt.Sprintf("%d plugin(s) delivered", r.Delivered)
+		if r.changed() > 0 {
+			return r.changes("delivered")
 		}
 		since := "an earlier run"
 		if f.PendingSince != nil {
@@ -237,19 +254,21 @@ func DecideRestart(r RestartRound, f RestartFacts) RestartDecision {
 		return RestartDecision{DoRestart, CodeInFlight, fmt.Sprintf("a restart issued %s ago is not yet verified", f.InFlight.Age.Round(time.Second))}
 	case len(owed) > 0:
 		code := CodeOwed
-		if r.Delivered > 0 {
+		if r.changed() > 0 {
 			code = CodeDelivered
 		}
 		if slices.ContainsFunc(f.Journal, func(e JournalEntry) bool { return e.Identity == "" }) || slices.Contains(f.LegacyMarks, "") {
 			return RestartDecision{DoRestart, CodeUnverified, cause(code) + "; a swap was not verified: " + strings.Join(owed, ", ")}
 		}
 		return RestartDecision{DoRestart, code, cause(code) + ": " + strings.Join(owed, ", ") + " not yet loaded by the runtime"}
-	case r.DryRun && r.Delivered > 0:
-		return RestartDecision{DoRestart, CodePlanned, fmt.Sprintf("%d plugin(s) to deliver", r.Delivered)}
+	case r.DryRun && r.changed() > 0:
+		return RestartDecision{DoRestart, CodePlanned, r.changes("to deliver")}
 	case len(f.Journal) > 0:
 		return RestartDecision{ClearMarks, CodeRuntimeRestarted, "runtime already restarted after the last swap: restart skipped"}
 	case f.pending():
 		return RestartDecision{ClearMarks, CodeUnchanged, "nothing was swapped since the last restart: restart skipped, pending marks cleared"}
+	case r.Removed > 0:
+		return RestartDecision{NoRestart, CodeUnchanged, fmt.Sprintf("%d delivered plugin(s) found their bundle already on the box, %d removal(s) found the plugin gone: nothing swapped, restart skipped", r.Delivered, r.Removed)}
 	case r.Delivered > 0:
 		return RestartDecision{NoRestart, CodeUnchanged, fmt.Sprintf("%d delivered plugin(s) found their bundle already on the box: nothing swapped, restart skipped", r.Delivered)}
 	}

@@ -55,6 +55,12 @@ func TestDecide(t *testing.T) {
 			ClearMarks, CodeUnchanged, "nothing was swapped"},
 		{"dry run that would deliver", RestartRound{Delivered: 1, DryRun: true}, journal(RestartFacts{CurrentIdentity: "r1"}),
 			DoRestart, CodePlanned, "1 plugin(s) to deliver"},
+		{"a removal swapped", RestartRound{Removed: 1, Present: 2}, journal(RestartFacts{CurrentIdentity: "r1", Journal: []JournalEntry{{"d", "r1"}, {"d", "r1"}}}),
+			DoRestart, CodeDelivered, "0 plugin(s) delivered, 1 removed: d not yet loaded"},
+		{"dry run that would remove", RestartRound{Removed: 1, Present: 2, DryRun: true}, journal(RestartFacts{CurrentIdentity: "r1"}),
+			DoRestart, CodePlanned, "0 plugin(s) to deliver, 1 to remove"},
+		{"a removal of a plugin the box did not have", RestartRound{Removed: 1}, journal(RestartFacts{CurrentIdentity: "r1"}),
+			NoRestart, CodeUnchanged, "found the plugin gone"},
 		// Histories recorded before the journal decide as they did.
 		{"marks: nothing delivered, nothing pending", RestartRound{Present: 5}, RestartFacts{},
 			NoRestart, CodeNothingDelivered, "5 plugin(s) already on the box"},

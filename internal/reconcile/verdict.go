@@ -1,6 +1,10 @@
 package reconcile
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
 
 // Plugin is a declared plugin.
 type Plugin struct {
@@ -99,7 +103,15 @@ const (
 	ActionWouldDeliver Action = "would-deliver" // dry run
 	ActionPending      Action = "pending"       // not finished yet (status query)
 	ActionCancelled    Action = "cancelled"     // the reconcile was cancelled first
+	ActionRemoved      Action = "removed"       // not declared: removed from the box, tracking row deleted
+	ActionWouldRemove  Action = "would-remove"  // dry run
 )
+
+// Converged reports whether the plugin ended (or, in a dry run, would end)
+// on the box as declared and tracked.
+func (a Action) Converged() bool {
+	return a == ActionRecorded || a == ActionDelivered || a == ActionWouldRecord || a == ActionWouldDeliver
+}
 
 // Outcomes of a reconcile, the values of its ReconcileOutcome search
 // attribute.
@@ -112,3 +124,25 @@ const (
 	OutcomeDryRun       = "dry-run"
 	OutcomeCancelled    = "cancelled"
 )
+
+// Declare folds a declaration into the stored set: with prune, the
+// declaration is the whole set; without, its plugins are added to the
+// stored ones (a later version of a plugin replaces the earlier). The
+// result is sorted by name.
+func Declare(stored, declared []Plugin, prune bool) []Plugin {
+	byName := map[string]Plugin{}
+	if !prune {
+		for _, p := range stored {
+			byName[p.Name] = p
+		}
+	}
+	for _, p := range declared {
+		byName[p.Name] = p
+	}
+	out := make([]Plugin, 0, len(byName))
+	for _, p := range byName {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Plugin) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}

@@ -37,3 +37,25 @@ func TestDecidePlugin(t *testing.T) {
 		})
 	}
 }
+
+func TestDeclare(t *testing.T) {
+	t.Parallel()
+	a1, a2, b1, c1 := Plugin{Name: "a", Version: "1"}, Plugin{Name: "a", Version: "2"}, Plugin{Name: "b", Version: "1"}, Plugin{Name: "c", Version: "1"}
+	tests := []struct {
+		desc     string
+		stored   []Plugin
+		declared []Plugin
+		prune    bool
+		want     []Plugin
+	}{
+		{"first declaration", nil, []Plugin{b1, a1}, false, []Plugin{a1, b1}},
+		{"adds, a later version replaces", []Plugin{a1, b1}, []Plugin{a2, c1}, false, []Plugin{a2, b1, c1}},
+		{"a narrower declaration removes nothing", []Plugin{a1, b1}, []Plugin{b1}, false, []Plugin{a1, b1}},
+		{"prune: the declaration is the set", []Plugin{a1, b1, c1}, []Plugin{c1, a2}, true, []Plugin{a2, c1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			require.Equal(t, tt.want, Declare(tt.stored, tt.declared, tt.prune))
+		})
+	}
+}
