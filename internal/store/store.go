@@ -5,6 +5,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -530,34 +531,35 @@ func (s *Store) Restarts(ctx context.Context, workspaceID string) ([]Restart, er
 	return out, nil
 }
 
-// Declared is a workspace and the plugins tracked for it, which a fleet
-// sweep re-declares.
+// Declared is a workspace and its declared plugins, which a fleet sweep
+// converges to.
 type Declared struct {
 	WorkspaceID string
-	Plugins     []Tracking // name and version only
+	Plugins     []reconcile.Plugin
 }
 
-// ActiveWorkspaces pages through active workspaces that have tracked
-// plugins, by id after the given one.
+// ActiveWorkspaces pages through active workspaces that have a declaration
+// (or, reconciled before declarations were kept and not since, tracking
+// rows, which then stand for it), by id after the given one.
 func (s *Store) ActiveWorkspaces(ctx context.Context, after string, limit int) ([]Declared, error) {
 	rows, err := s.pool.Query(ctx, `
-select w.id, array_agg(p.plugin_name order by p.plugin_name), array_agg(p.version order by p.plugin_name)
-from workspaces w join workspace_plugins p on p.workspace_id = w.id
+select w.id, coalesce(d.plugins, (
+  select jsonb_agg(jsonb_build_object('Name', p.plugin_name, 'Version', p.version) order by p.plugin_name)
+  from workspace_plugins p where p.workspace_id = w.id))
+from workspaces w left join workspace_declarations d on d.workspace_id = w.id
 where w.status = 'active' and w.id > $1
-group by w.id order by w.id limit $2`, after, limit)
+  and (d.workspace_id is not null or exists (select 1 from workspace_plugins p where p.workspace_id = w.id))
+order by w.id limit $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list active workspaces: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Declared, error) {
 		var d Declared
-		var names, versions []string
-		if err := r.Scan(&d.WorkspaceID, &names, &versions); err != nil {
+		var data []byte
+		if err := r.Scan(&d.WorkspaceID, &data); err != nil {
 			return d, err
 		}
-		for i := range names {
-			d.Plugins = append(d.Plugins, Tracking{WorkspaceID: d.WorkspaceID, PluginName: names[i], Version: versions[i]})
-		}
-		return d, nil
+		return d, json.Unmarshal(data, &d.Plugins)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list active workspaces: %w", err)
