@@ -345,3 +345,48 @@ func TestPruneKeepsWhatIsOwed(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "code-review "+id+"\ncode-review "+id+"\n", journal)
 }
+
+// A removal renames the plugin aside and deletes it, journaled as a swap;
+// what the box does not have is a no-op; a symlink is removed, never
+// followed out of the plugin root.
+func TestRemoveIsAtomicJournaledAndStaysInTheRoot(t *testing.T) {
+	e := newEnv(t, eic.Direct, nil)
+	got, err := e.Ops.Remove(ctx(t), e.Target, "github-tools")
+	require.NoError(t, err)
+	require.True(t, got.Changed)
+	require.Equal(t, e.Box.Identity(), got.Identity)
+	_, err = os.Stat(filepath.Join(e.Box.PluginRoot, "github-tools"))
+	require.True(t, os.IsNotExist(err))
+	id, journal, err := e.Ops.ReadRestartState(ctx(t), e.Target)
+	require.NoError(t, err)
+	require.Equal(t, "github-tools "+id+"\ngithub-tools "+id+"\n", journal, "owed like a swap")
+
+	again, err := e.Ops.Remove(ctx(t), e.Target, "github-tools")
+	require.NoError(t, err)
+	require.False(t, again.Changed, "removing what is gone is a no-op")
+
+	outside := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(outside, "keep"), []byte("x"), 0o644))
+	require.NoError(t, os.Symlink(outside, filepath.Join(e.Box.PluginRoot, "linked")))
+	got, err = e.Ops.Remove(ctx(t), e.Target, "linked")
+	require.NoError(t, err)
+	require.True(t, got.Changed)
+	_, err = os.Lstat(filepath.Join(e.Box.PluginRoot, "linked"))
+	require.True(t, os.IsNotExist(err))
+	_, err = os.Stat(filepath.Join(outside, "keep"))
+	require.NoError(t, err, "the link's target is untouched")
+	_, err = e.Ops.Remove(ctx(t), e.Target, "../etc")
+	require.Error(t, err)
+	events, err := e.Box.Events()
+	require.NoError(t, err)
+	require.Equal(t, []fleet.EventKind{fleet.Removal}, kinds(events), "the symlink is not a plugin directory: one removal recorded")
+	require.ElementsMatch(t, []string{".", ".github-tools.lock", ".linked.lock", ".reconciler"}, topLevel(t, e.Box.PluginRoot))
+}
+
+func kinds(events []fleet.Event) []fleet.EventKind {
+	var out []fleet.EventKind
+	for _, e := range events {
+		out = append(out, e.Kind)
+	}
+	return out
+}
