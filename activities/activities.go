@@ -25,6 +25,7 @@ import (
 type BoxAccess interface {
 	ReadManifest(ctx context.Context, t reconcile.Box, name string) ([]byte, error)
 	Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(int64)) (onbox.Installed, error)
+	Remove(ctx context.Context, t reconcile.Box, name string) (onbox.Removed, error)
 	ReadRestartState(ctx context.Context, t reconcile.Box) (identity, journal string, err error)
 	RestartRuntime(ctx context.Context, t reconcile.Box, token string, force bool) (onbox.RestartReply, error)
 	RebootInstance(ctx context.Context, t reconcile.Box) error
@@ -45,6 +46,9 @@ type Store interface {
 	FailRestart(ctx context.Context, workspaceID, restartID, reason string) error
 	ClearRestartPending(ctx context.Context, workspaceID string, upTo time.Time) error
 	ActiveWorkspaces(ctx context.Context, after string, limit int) ([]store.Declared, error)
+	Declare(ctx context.Context, in reconcile.DeclareInput, workflowID, runID string) (store.Declaration, []reconcile.Plugin, error)
+	Observe(ctx context.Context, workspaceID string, generation int64) error
+	ForgetTracking(ctx context.Context, workspaceID, pluginName string) error
 }
 
 // Catalog is where bundles come from.
@@ -447,8 +451,69 @@ func (a *Activities) ListWorkspaces(ctx context.Context, in reconcile.PageInput)
 	for i, d := range ds {
 		out[i].WorkspaceID = d.WorkspaceID
 		for _, p := range d.Plugins {
-			out[i].Plugins = append(out[i].Plugins, reconcile.DeclaredPlugin{Name: p.PluginName, Version: p.Version})
+			out[i].Plugins = append(out[i].Plugins, reconcile.DeclaredPlugin{Name: p.Name, Version: p.Version, Digest: p.Digest})
 		}
 	}
 	return out, nil
+}
+
+// RecordDeclaration loads the workspace's box (as LoadWorkspace does) and
+// records the declaration a reconcile was given (with Prune the whole set,
+// without it an addition, with Converge none), returning the stored
+// declaration with the tracked plugins it does not hold. Idempotent, also
+// for two attempts at once: the generation moves only when the set
+// changes, under the workspace's row lock. A dry run writes nothing.
+func (a *Activities) RecordDeclaration(ctx context.Context, in reconcile.DeclareInput) (reconcile.Declared, error) {
+	ws, err := a.LoadWorkspace(ctx, in.WorkspaceID)
+	if err != nil {
+		return reconcile.Declared{}, err
+	}
+	info := activity.GetInfo(ctx)
+	d, undeclared, err := a.Store.Declare(ctx, in, info.WorkflowExecution.ID, info.WorkflowExecution.RunID)
+	if err != nil {
+		return reconcile.Declared{}, err
+	}
+	return reconcile.Declared{Workspace: ws, Generation: d.Generation, Observed: d.ObservedGeneration, Plugins: d.Plugins, Undeclared: undeclared}, nil
+}
+
+// ObserveDeclaration marks a generation reconciled in full. It never goes
+// back: idempotent.
+func (a *Activities) ObserveDeclaration(ctx context.Context, in reconcile.ObserveInput) error {
+	return a.Store.Observe(ctx, in.WorkspaceID, in.Generation)
+}
+
+// RemoveViaEIC removes a plugin no longer declared from the box: a change
+// like a delivery. The mark is written before the box is touched; the
+// removal renames the plugin aside under the box lock and journals itself
+// as a swap does, and the mark is sealed with the identity it ran under (or
+// taken back when the box did not have the plugin). Idempotent: removing
+// what is gone is a no-op, the plugin's lock on the box serialises two
+// attempts, marking and sealing are upserts.
+func (a *Activities) RemoveViaEIC(ctx context.Context, in reconcile.RemoveInput) (reconcile.Removal, error) {
+	defer keepAlive(ctx)()
+	if err := reconcile.ValidateName(in.Plugin); err != nil {
+		return reconcile.Removal{}, temporal.NewNonRetryableApplicationError(err.Error(), reconcile.ErrInvalidInput, nil)
+	}
+	markedAt, err := a.Store.MarkRestartPending(ctx, in.Workspace.ID, in.Plugin)
+	if err != nil {
+		return reconcile.Removal{}, err
+	}
+	rm, err := a.Box.Remove(ctx, in.Workspace, in.Plugin)
+	if err != nil {
+		return reconcile.Removal{}, classify(err, "remove %s from %s", in.Plugin, in.Workspace.InstanceID)
+	}
+	if !rm.Changed {
+		return reconcile.Removal{}, a.Store.UnmarkRestartPending(ctx, in.Workspace.ID, in.Plugin, markedAt)
+	}
+	if err := a.Store.SealRestartMark(ctx, in.Workspace.ID, in.Plugin, rm.Identity); err != nil {
+		return reconcile.Removal{}, err
+	}
+	activity.GetMetricsHandler(ctx).Counter("plugin_removal_total").Inc(1)
+	return reconcile.Removal{Changed: true}, nil
+}
+
+// ForgetTracking deletes a removed plugin's tracking row. A delete by key:
+// idempotent.
+func (a *Activities) ForgetTracking(ctx context.Context, in reconcile.TrackInput) error {
+	return a.Store.ForgetTracking(ctx, in.WorkspaceID, in.Plugin)
 }

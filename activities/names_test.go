@@ -21,7 +21,8 @@ func TestActivityNamesAreTheMethods(t *testing.T) {
 	names := []string{
 		reconcile.ActivityLoadWorkspace, reconcile.ActivityProbeManifest, reconcile.ActivityRecordTracking,
 		reconcile.ActivityDeliverViaEIC, reconcile.ActivityReadRestartFacts, reconcile.ActivityClearRestartPending,
-		reconcile.ActivityRestartBox, reconcile.ActivityListWorkspaces,
+		reconcile.ActivityRestartBox, reconcile.ActivityListWorkspaces, reconcile.ActivityRecordDeclaration,
+		reconcile.ActivityObserveDeclaration, reconcile.ActivityRemoveViaEIC, reconcile.ActivityForgetTracking,
 	}
 	require.ElementsMatch(t, names, methods)
 }

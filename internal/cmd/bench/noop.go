@@ -53,3 +53,14 @@ func (noop) ActiveWorkspaces(context.Context, string, int) ([]store.Declared, er
 func (noop) Bundle(context.Context, string, string) (catalog.Bundle, error) {
 	return catalog.Bundle{}, nil
 }
+func (noop) Remove(context.Context, reconcile.Box, string) (onbox.Removed, error) {
+	return onbox.Removed{}, nil
+}
+
+// Declare stands for a declaration already reconciled in full: what a sweep
+// of a converged fleet finds.
+func (noop) Declare(_ context.Context, in reconcile.DeclareInput, _, _ string) (store.Declaration, []reconcile.Plugin, error) {
+	return store.Declaration{WorkspaceID: in.WorkspaceID, Plugins: reconcile.Declare(nil, in.Plugins, in.Prune), Generation: 1, ObservedGeneration: 1}, nil, nil
+}
+func (noop) Observe(context.Context, string, int64) error         { return nil }
+func (noop) ForgetTracking(context.Context, string, string) error { return nil }
