@@ -50,9 +50,24 @@ func PluginWorkflowID(parentID, pluginName string) string { return parentID + "/
 type Plugin = reconcile.Plugin
 
 // ReconcileInput is ReconcileWorkspace's input.
+//
+// The reconcile records its declaration in the store (the workspace's
+// desired state, with a generation that increases whenever the set
+// changes) and converges the box to the whole stored set: every declared
+// plugin is probed and recorded or delivered, every tracked plugin no
+// longer declared is removed, and one restart follows if anything was
+// swapped.
 type ReconcileInput struct {
 	WorkspaceID string
 	Plugins     []Plugin
+	// Prune: Plugins is the whole declared set; tracked plugins not in it
+	// are removed from the box. Without Prune the declaration adds to (or
+	// updates) the stored set and removes nothing: "ensure these".
+	Prune bool `json:",omitempty"`
+	// Converge: reconcile the stored declaration as it stands (what a fleet
+	// sweep runs). Plugins, what the caller read, are recorded only for a
+	// workspace that has no declaration yet.
+	Converge bool `json:",omitempty"`
 	// DryRun probes only and reports the plan.
 	DryRun bool `json:",omitempty"`
 	// MaxParallel bounds concurrent plugin reconciles on the box (default
@@ -63,9 +78,35 @@ type ReconcileInput struct {
 	RestartGate string `json:",omitempty"`
 }
 
-// Declaration is the payload of SignalDeclare.
+// Declaration is the payload of SignalDeclare: a trigger's declaration,
+// with or without Prune (see ReconcileInput).
+//
+// A burst of triggers folds into the running reconcile in arrival order
+// (Then): a declaration with Prune replaces what came before it, one
+// without adds to it. So {A,B,C,D}, then {A,B,C} with Prune, then {E}
+// leaves {A,B,C,E} declared and D removed; {A,B,C} with Prune after {E}
+// leaves {A,B,C}. The run records the folded declaration, reconciles what
+// it changed, and decides its single restart only once no declaration is
+// waiting.
 type Declaration struct {
 	Plugins []Plugin
+	Prune   bool `json:",omitempty"`
+}
+
+// Then is the declaration that d followed by next makes.
+func (d Declaration) Then(next Declaration) Declaration {
+	if next.Prune {
+		return Declaration{Plugins: Fold(next.Plugins), Prune: true}
+	}
+	return Declaration{Plugins: Fold(d.Plugins, next.Plugins), Prune: d.Prune}
+}
+
+// Validate checks a declaration and names the first bad field.
+func (d Declaration) Validate() error {
+	if d.Prune && len(d.Plugins) == 0 {
+		return errors.New("Prune: refused with no Plugins declared: it would remove every plugin from the box")
+	}
+	return validatePlugins(d.Plugins)
 }
 
 var workspaceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
@@ -78,7 +119,10 @@ func (in ReconcileInput) Validate() error {
 	if in.MaxParallel < 0 || in.MaxParallel > 64 {
 		return fmt.Errorf("MaxParallel %d must be between 0 and 64", in.MaxParallel)
 	}
-	return validatePlugins(in.Plugins)
+	if in.Prune && in.Converge {
+		return errors.New("Prune: refused with Converge, which reconciles the stored declaration as it stands")
+	}
+	return Declaration{Plugins: in.Plugins, Prune: in.Prune}.Validate()
 }
 
 func validatePlugins(ps []Plugin) error {
@@ -116,6 +160,8 @@ const (
 	ActionWouldDeliver = reconcile.ActionWouldDeliver // dry run
 	ActionPending      = reconcile.ActionPending      // not finished yet (status query)
 	ActionCancelled    = reconcile.ActionCancelled    // the reconcile was cancelled first
+	ActionRemoved      = reconcile.ActionRemoved      // not declared: removed from the box, tracking row deleted
+	ActionWouldRemove  = reconcile.ActionWouldRemove  // dry run
 )
 
 // PluginResult is one plugin's outcome.
@@ -128,6 +174,12 @@ type PluginResult struct {
 	Verdict reconcile.Verdict `json:",omitempty"`
 	Digest  string            `json:",omitempty"`
 	Error   string            `json:",omitempty"`
+	// Changed: a removal took the plugin off the box (false when the box
+	// did not have it).
+	Changed bool `json:",omitempty"`
+	// BoxVersion is the version the probe found on the box ("" when absent
+	// or not probed).
+	BoxVersion string `json:",omitempty"`
 }
 
 // RestartReport says whether the box was restarted, and why.
@@ -157,6 +209,20 @@ type ReconcileResult struct {
 	Failed   []string        `json:",omitempty"`
 	Outcome  string
 	Summary  string
+	// Generation is the workspace's declaration this run converged to, and
+	// ObservedGeneration the one last reconciled in full (equal when this
+	// run did it).
+	Generation         int64 `json:",omitempty"`
+	ObservedGeneration int64 `json:",omitempty"`
+}
+
+// drift reports whether the run leaves the workspace behind its
+// declaration (for a dry run: whether the plan would change the box).
+func (r ReconcileResult) drift() bool {
+	if r.DryRun {
+		return r.Restart.Needed || r.Count(ActionWouldDeliver)+r.Count(ActionWouldRemove) > 0
+	}
+	return r.Outcome == OutcomeFailed || r.Outcome == OutcomeCancelled || len(r.Failed) > 0
 }
 
 // restarted counts the rounds whose restart was done.
@@ -207,6 +273,13 @@ var (
 	SearchInstanceID  = temporal.NewSearchAttributeKeyKeyword("InstanceId")
 	SearchOutcome     = temporal.NewSearchAttributeKeyKeyword("ReconcileOutcome")
 	SearchPluginNames = temporal.NewSearchAttributeKeyKeywordList("PluginNames")
+	// SearchDriftDetected is set when a reconcile ends: true when the
+	// workspace is behind its declaration (a plugin failed, the run failed
+	// or was cancelled; for a dry run, the plan would change the box).
+	// Workspaces behind their declaration:
+	//
+	//	WorkflowId STARTS_WITH "reconcile:" AND DriftDetected = true AND ExecutionStatus != "Running"
+	SearchDriftDetected = temporal.NewSearchAttributeKeyBool("DriftDetected")
 )
 
 // Outcomes, the values of SearchOutcome.
@@ -224,10 +297,11 @@ const (
 // before the reconcile workflows run there.
 func SearchAttributes() map[string]enumspb.IndexedValueType {
 	return map[string]enumspb.IndexedValueType{
-		SearchWorkspaceID.GetName(): enumspb.INDEXED_VALUE_TYPE_KEYWORD,
-		SearchInstanceID.GetName():  enumspb.INDEXED_VALUE_TYPE_KEYWORD,
-		SearchOutcome.GetName():     enumspb.INDEXED_VALUE_TYPE_KEYWORD,
-		SearchPluginNames.GetName(): enumspb.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+		SearchWorkspaceID.GetName():   enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchInstanceID.GetName():    enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchOutcome.GetName():       enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchPluginNames.GetName():   enumspb.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+		SearchDriftDetected.GetName(): enumspb.INDEXED_VALUE_TYPE_BOOL,
 	}
 }
 
@@ -277,7 +351,7 @@ func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.Work
 			StaticSummary:            fmt.Sprintf("plan for %s: %d plugins", in.WorkspaceID, len(in.Plugins)),
 		}, ReconcileWorkspace, in)
 	}
-	return c.SignalWithStartWorkflow(ctx, ReconcileWorkflowID(in.WorkspaceID), SignalDeclare, Declaration{Plugins: in.Plugins},
+	return c.SignalWithStartWorkflow(ctx, ReconcileWorkflowID(in.WorkspaceID), SignalDeclare, Declaration{Plugins: in.Plugins, Prune: in.Prune},
 		client.StartWorkflowOptions{
 			TaskQueue:             TaskQueue,
 			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
@@ -325,12 +399,14 @@ func Fold(declarations ...[]Plugin) []Plugin {
 
 // RetryInput is the input that re-runs a workspace's latest reconcile as
 // it stood at its end: its start input with every declaration signalled to
-// it folded in (Fold), for real (not a dry run), and without the sweep's
-// restart gate, which belonged to that run's sweep.
+// it folded in (Declaration.Then), for real (not a dry run), and without
+// the sweep's restart gate, which belonged to that run's sweep. A sweep's
+// run (Converge) that was signalled retries as the signals' declaration,
+// which its stored declaration was converged with.
 func RetryInput(ctx context.Context, c client.Client, workspaceID string) (ReconcileInput, error) {
 	id := ReconcileWorkflowID(workspaceID)
 	var in ReconcileInput
-	declarations := [][]Plugin{}
+	var folded *Declaration
 	iter := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	dc := converter.GetDefaultDataConverter()
 	started := false
@@ -343,22 +419,31 @@ func RetryInput(ctx context.Context, c client.Client, workspaceID string) (Recon
 			if err := dc.FromPayloads(a.GetInput(), &in); err != nil {
 				return in, fmt.Errorf("decode the input of %s: %w", id, err)
 			}
-			declarations = append(declarations, in.Plugins)
+			if !in.Converge {
+				folded = &Declaration{Plugins: in.Plugins, Prune: in.Prune}
+			}
 			started = true
 			continue
 		}
 		if a := ev.GetWorkflowExecutionSignaledEventAttributes(); a != nil && a.GetSignalName() == SignalDeclare {
 			var d Declaration
-			if err := dc.FromPayloads(a.GetInput(), &d); err != nil || validatePlugins(d.Plugins) != nil {
+			if err := dc.FromPayloads(a.GetInput(), &d); err != nil || d.Validate() != nil {
 				continue // the run dropped it too
 			}
-			declarations = append(declarations, d.Plugins)
+			if folded == nil {
+				folded = &d
+				continue
+			}
+			next := folded.Then(d)
+			folded = &next
 		}
 	}
 	if !started {
 		return in, fmt.Errorf("%s has no run to retry", id)
 	}
-	in.Plugins = Fold(declarations...)
+	if folded != nil {
+		in.Plugins, in.Prune, in.Converge = folded.Plugins, folded.Prune, false
+	}
 	in.DryRun, in.RestartGate = false, ""
 	return in, in.Validate()
 }

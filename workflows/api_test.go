@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
 
 func TestValidate(t *testing.T) {
@@ -31,6 +33,8 @@ func TestValidate(t *testing.T) {
 		{"duplicate", func(in *ReconcileInput) { in.Plugins = append(in.Plugins, in.Plugins[0]) }, "declared twice"},
 		{"too many", func(in *ReconcileInput) { in.Plugins = many }, "at most 300"},
 		{"parallel", func(in *ReconcileInput) { in.MaxParallel = 1000 }, "MaxParallel"},
+		{"prune with nothing declared", func(in *ReconcileInput) { in.Plugins, in.Prune = nil, true }, "Prune: refused with no Plugins declared"},
+		{"prune and converge", func(in *ReconcileInput) { in.Prune, in.Converge = true, true }, "Prune: refused with Converge"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -59,6 +63,36 @@ func TestFold(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			require.Equal(t, tt.want, Fold(tt.in...))
+		})
+	}
+}
+
+// A burst of declarations folds in arrival order into the one the store
+// would hold had each been recorded in turn.
+func TestDeclarationThen(t *testing.T) {
+	t.Parallel()
+	a1, a2, b1, c1, d1 := Plugin{Name: "a", Version: "1"}, Plugin{Name: "a", Version: "2"}, Plugin{Name: "b", Version: "1"}, Plugin{Name: "c", Version: "1"}, Plugin{Name: "d", Version: "1"}
+	stored := []Plugin{a1, b1, c1, d1}
+	tests := []struct {
+		desc  string
+		burst []Declaration
+		want  Declaration
+	}{
+		{"additions add", []Declaration{{Plugins: []Plugin{a2}}, {Plugins: []Plugin{c1}}}, Declaration{Plugins: []Plugin{a2, c1}}},
+		{"a prune replaces what came before", []Declaration{{Plugins: []Plugin{d1}}, {Plugins: []Plugin{a1, b1}, Prune: true}}, Declaration{Plugins: []Plugin{a1, b1}, Prune: true}},
+		{"an addition after a prune keeps the prune", []Declaration{{Plugins: []Plugin{a1, b1}, Prune: true}, {Plugins: []Plugin{c1}}}, Declaration{Plugins: []Plugin{a1, b1, c1}, Prune: true}},
+		{"the later prune wins", []Declaration{{Plugins: []Plugin{a1}, Prune: true}, {Plugins: []Plugin{b1}, Prune: true}}, Declaration{Plugins: []Plugin{b1}, Prune: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			folded := tt.burst[0]
+			inTurn := reconcile.Declare(stored, folded.Plugins, folded.Prune)
+			for _, d := range tt.burst[1:] {
+				folded = folded.Then(d)
+				inTurn = reconcile.Declare(inTurn, d.Plugins, d.Prune)
+			}
+			require.Equal(t, tt.want, folded)
+			require.Equal(t, inTurn, reconcile.Declare(stored, folded.Plugins, folded.Prune), "folding then recording = recording each")
 		})
 	}
 }

@@ -30,7 +30,8 @@ func TestGatedRestartTakesAndReturnsOnePermit(t *testing.T) {
 			env.RegisterWorkflow(workflows.ReconcilePlugin)
 			env.RegisterActivity(&activities.Activities{})
 			box := reconcile.Box{ID: "ws-1", InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
-			env.OnActivity(reconcile.ActivityLoadWorkspace, mock.Anything, mock.Anything).Return(box, nil)
+			env.OnActivity(reconcile.ActivityRecordDeclaration, mock.Anything, mock.Anything).Return(
+				reconcile.Declared{Workspace: box, Generation: 1, Observed: 1, Plugins: []reconcile.Plugin{{Name: "a", Version: "1"}}}, nil)
 			env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(reconcile.Probe{Present: true, Version: "1"}, nil)
 			env.OnActivity(reconcile.ActivityRecordTracking, mock.Anything, mock.Anything).Return(nil)
 			facts := reconcile.RestartFacts{JournalRead: true, CurrentIdentity: "r1"}

@@ -67,17 +67,22 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 	if err := in.Validate(); err != nil {
 		return ReconcileResult{}, temporal.NewNonRetryableApplicationError("invalid input: "+err.Error(), reconcile.ErrInvalidInput, nil)
 	}
-	r := &run{in: in, results: map[string]PluginResult{}, declarations: workflow.GetSignalChannel(ctx, SignalDeclare)}
-	if err := r.start(ctx); err != nil {
-		return ReconcileResult{}, err
-	}
-	for pending := in.Plugins; len(pending) > 0; pending = r.drain() {
+	r := &run{in: in, results: map[string]PluginResult{}, reconciled: map[string]Plugin{}, declarations: workflow.GetSignalChannel(ctx, SignalDeclare)}
+	w, err := r.start(ctx)
+	for {
 		// Reconcile until no newer declaration is waiting, so that a burst
 		// of triggers leads to one restart decision.
-		for ; len(pending) > 0; pending = r.drain() {
-			if r.reconcile(ctx, pending); ctx.Err() != nil {
+		for err == nil && !w.empty() {
+			if r.reconcile(ctx, w); ctx.Err() != nil {
 				return r.cancelled(ctx)
 			}
+			w, err = r.drain(ctx)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return r.cancelled(ctx)
+			}
+			return r.fail(ctx, err)
 		}
 		switch end, err := r.endRound(ctx); end {
 		case roundCancelled:
@@ -87,28 +92,61 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 		case roundLast:
 			return r.finish(ctx)
 		}
+		// A declaration that arrived during the restart makes a round of
+		// its own.
+		if w, err = r.drain(ctx); err == nil && w.empty() {
+			return r.finish(ctx)
+		}
 	}
-	return r.finish(ctx)
 }
 
-// start answers status queries, indexes the run and loads the box.
-func (r *run) start(ctx workflow.Context) error {
+// work is what a round reconciles: plugins to probe and record or
+// deliver, and plugins to remove.
+type work struct {
+	plugins []Plugin
+	remove  []Plugin
+}
+
+func (w work) empty() bool { return len(w.plugins) == 0 && len(w.remove) == 0 }
+
+// start answers status queries, indexes the run, loads the box and, since
+// declarations are kept, records the run's declaration; it returns the
+// first round's work.
+func (r *run) start(ctx workflow.Context) (work, error) {
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) { return r.status(), nil }); err != nil {
-		return err
+		return work{}, err
 	}
 	initial := []temporal.SearchAttributeUpdate{SearchWorkspaceID.ValueSet(r.in.WorkspaceID), SearchOutcome.ValueSet(OutcomeRunning)}
 	if names, ok := indexedPluginNames(r.in.Plugins); ok {
 		initial = append(initial, SearchPluginNames.ValueSet(names))
 	}
 	if err := r.search(ctx, initial...); err != nil {
-		return err
+		return work{}, err
 	}
-	lctx := withActivity(ctx, "load workspace "+r.in.WorkspaceID, 30*time.Second, storeRetry)
-	if err := workflow.ExecuteActivity(lctx, reconcile.ActivityLoadWorkspace, r.in.WorkspaceID).Get(ctx, &r.ws); err != nil {
-		_ = r.search(ctx, SearchOutcome.ValueSet(OutcomeFailed))
-		return err
+	// Runs started before declarations were kept reconcile their input and
+	// the declarations signalled to them, and keep nothing.
+	r.declared = workflow.GetVersion(ctx, "declarations", workflow.DefaultVersion, 1) == 1
+	if !r.declared {
+		lctx := withActivity(ctx, "load workspace "+r.in.WorkspaceID, 30*time.Second, storeRetry)
+		if err := workflow.ExecuteActivity(lctx, reconcile.ActivityLoadWorkspace, r.in.WorkspaceID).Get(ctx, &r.ws); err != nil {
+			return work{}, err
+		}
+		return work{plugins: r.in.Plugins}, r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
 	}
-	return r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
+	in := reconcile.DeclareInput{WorkspaceID: r.in.WorkspaceID, Plugins: r.in.Plugins, Prune: r.in.Prune, Converge: r.in.Converge, DryRun: r.in.DryRun}
+	if !r.in.Converge {
+		// A trigger's own declaration comes with it as a signal, and others
+		// may be waiting: one record for all of them.
+		if d, ok := r.waiting(); ok {
+			d = Declaration{Plugins: in.Plugins, Prune: in.Prune}.Then(d)
+			in.Plugins, in.Prune = d.Plugins, d.Prune
+		}
+	}
+	w, err := r.record(ctx, in)
+	if err != nil {
+		return work{}, err
+	}
+	return w, r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
 }
 
 // roundEnd is how a round ended.
@@ -128,11 +166,11 @@ func (r *run) endRound(ctx workflow.Context) (roundEnd, error) {
 	var facts reconcile.RestartFacts
 	// This round's deliveries (a plugin delivered again in a later round
 	// counts in that round too).
-	delivered := r.roundDelivered
-	r.roundDelivered = 0
+	round := reconcile.RestartRound{Delivered: r.roundDelivered, Removed: r.roundRemoved, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: r.in.DryRun}
+	r.roundDelivered, r.roundRemoved = 0, 0
 	fctx := withBoxActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second)
 	if err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, ws).Get(ctx, &facts); err != nil {
-		if delivered > 0 || ctx.Err() != nil {
+		if round.Delivered+round.Removed > 0 || ctx.Err() != nil {
 			return roundFailed, err
 		}
 		// Nothing delivered in this round and the box cannot be read
@@ -142,7 +180,7 @@ func (r *run) endRound(ctx workflow.Context) (roundEnd, error) {
 		r.rounds = append(r.rounds, r.restart)
 		return roundLast, nil
 	}
-	d := reconcile.DecideRestart(reconcile.RestartRound{Delivered: delivered, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: r.in.DryRun}, facts)
+	d := reconcile.DecideRestart(round, facts)
 	r.restart = RestartReport{Needed: d.Restart(), Reason: d.Reason}
 	workflow.GetLogger(ctx).Info("restart decision", "workspace", ws.ID, "restart", d.Restart(), "reason", d.Reason)
 	workflow.SetCurrentDetails(ctx, r.details())
@@ -222,9 +260,22 @@ func (r *run) clear(ctx workflow.Context, facts reconcile.RestartFacts) error {
 // finish reports: the result, the outcome searchable, and a failure naming
 // the plugins that failed.
 func (r *run) finish(ctx workflow.Context) (ReconcileResult, error) {
+	if r.declared && !r.in.DryRun && r.count(ActionFailed) == 0 && r.observed < r.generation {
+		// Every declared plugin is recorded or delivered, every undeclared
+		// one removed, and the restart is done: the generation is observed.
+		octx := withActivity(ctx, fmt.Sprintf("observe generation %d of %s", r.generation, r.ws.ID), 30*time.Second, storeRetry)
+		if err := workflow.ExecuteActivity(octx, reconcile.ActivityObserveDeclaration, reconcile.ObserveInput{WorkspaceID: r.ws.ID, Generation: r.generation}).Get(ctx, nil); err != nil {
+			return r.fail(ctx, err)
+		}
+		r.observed = r.generation
+	}
 	res := r.result()
 	workflow.GetLogger(ctx).Info("reconcile finished", "workspace", r.ws.ID, "summary", res.Summary)
-	if err := r.search(ctx, SearchOutcome.ValueSet(res.Outcome)); err != nil {
+	updates := []temporal.SearchAttributeUpdate{SearchOutcome.ValueSet(res.Outcome)}
+	if r.declared {
+		updates = append(updates, SearchDriftDetected.ValueSet(res.drift()))
+	}
+	if err := r.search(ctx, updates...); err != nil {
 		return res, err
 	}
 	if len(res.Failed) > 0 {
@@ -270,8 +321,18 @@ func (r *run) search(ctx workflow.Context, updates ...temporal.SearchAttributeUp
 // fail ends the run on an error of its own (not a plugin's), keeping the
 // outcome searchable.
 func (r *run) fail(ctx workflow.Context, err error) (ReconcileResult, error) {
-	_ = r.search(ctx, SearchOutcome.ValueSet(OutcomeFailed))
+	_ = r.search(ctx, r.ended(OutcomeFailed)...)
 	return r.result(), err
+}
+
+// ended is the search attributes of a run that ended with an outcome it
+// did not converge with.
+func (r *run) ended(outcome string) []temporal.SearchAttributeUpdate {
+	updates := []temporal.SearchAttributeUpdate{SearchOutcome.ValueSet(outcome)}
+	if r.declared {
+		updates = append(updates, SearchDriftDetected.ValueSet(true))
+	}
+	return updates
 }
 
 // cancelled ends a cancelled run: no new delivery was started after the
@@ -305,7 +366,7 @@ func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 		r.restart = RestartReport{Reason: "cancelled: no restart owed"}
 	}
 	res := r.result()
-	_ = r.search(dctx, SearchOutcome.ValueSet(OutcomeCancelled))
+	_ = r.search(dctx, r.ended(OutcomeCancelled)...)
 	workflow.GetLogger(ctx).Info("reconcile cancelled", "summary", res.Summary)
 	return res, temporal.NewCanceledError(res)
 }
@@ -327,27 +388,54 @@ type run struct {
 	restart        RestartReport   // the current round's
 	rounds         []RestartReport // every finished round's
 	roundDelivered int             // deliveries (or, in a dry run, would-deliver) since the last decision
+	roundRemoved   int             // removals that changed the box (or, in a dry run, would-remove) since then
 	restarts       int             // restarts decided so far (they name the restart activities)
 	declarations   workflow.ReceiveChannel
 	cancel         bool
+
+	// Since declarations are kept (declared): the stored declaration's
+	// generation and observed generation, and each plugin as this run
+	// reconciled it.
+	declared             bool
+	generation, observed int64
+	reconciled           map[string]Plugin
 }
 
-// reconcile runs one child per plugin, at most MaxParallel at a time.
-func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
+// reconcile runs one child per plugin to reconcile or remove, at most
+// MaxParallel at a time.
+func (r *run) reconcile(ctx workflow.Context, w work) {
 	limit := r.in.MaxParallel
 	if limit == 0 {
 		limit = DefaultMaxParallel
 	}
 	parentID := workflow.GetInfo(ctx).WorkflowExecution.ID
-	for _, p := range plugins {
+	children := make([]PluginInput, 0, len(w.plugins)+len(w.remove))
+	for _, p := range w.plugins {
+		children = append(children, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun})
+	}
+	for _, p := range w.remove {
+		children = append(children, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun, Remove: true})
+	}
+	for _, c := range children {
+		p := c.Plugin
 		if _, seen := r.results[p.Name]; !seen {
 			r.order = append(r.order, p.Name)
 		}
 		r.results[p.Name] = PluginResult{Name: p.Name, Version: p.Version, Action: ActionPending}
+		if c.Remove {
+			delete(r.reconciled, p.Name)
+		} else {
+			r.reconciled[p.Name] = p
+		}
 	}
 	sel := workflow.NewSelector(ctx)
 	next, running := 0, 0
-	start := func(p Plugin) {
+	start := func(in PluginInput) {
+		p := in.Plugin
+		summary := fmt.Sprintf("%s on %s", p, r.ws.InstanceID)
+		if in.Remove {
+			summary = fmt.Sprintf("remove %s from %s", p.Name, r.ws.InstanceID)
+		}
 		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
 			WorkflowID: PluginWorkflowID(parentID, p.Name),
 			// A child never outlives its parent: a cancelled or terminated
@@ -355,35 +443,41 @@ func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
 			ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
 			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 			WaitForCancellation:   true,
-			StaticSummary:         fmt.Sprintf("%s on %s", p, r.ws.InstanceID),
+			StaticSummary:         summary,
 			// Each child indexes its own plugin: within the limits of a
 			// search attribute whatever the declaration's size.
 			TypedSearchAttributes: temporal.NewSearchAttributes(
 				SearchWorkspaceID.ValueSet(r.in.WorkspaceID), SearchPluginNames.ValueSet([]string{p.Name})),
 		})
-		f := workflow.ExecuteChildWorkflow(cctx, ReconcilePlugin, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun})
+		f := workflow.ExecuteChildWorkflow(cctx, ReconcilePlugin, in)
 		running++
 		sel.AddFuture(f, func(f workflow.Future) {
 			running--
 			var res PluginResult
 			if err := f.Get(ctx, &res); err != nil {
 				res = PluginResult{Name: p.Name, Version: p.Version, Action: ActionFailed, Reason: "failed after retries", Error: rootMessage(err)}
+				if in.Remove {
+					res.Reason = "removal failed after retries"
+				}
 				if temporal.IsCanceledError(err) {
 					res.Action, res.Reason, res.Error = ActionCancelled, "reconcile cancelled before this plugin finished", ""
 				}
 			}
 			r.results[p.Name] = res
-			if res.Action == ActionDelivered || res.Action == ActionWouldDeliver {
+			switch {
+			case res.Action == ActionDelivered || res.Action == ActionWouldDeliver:
 				r.roundDelivered++
+			case res.Action == ActionRemoved && res.Changed, res.Action == ActionWouldRemove:
+				r.roundRemoved++
 			}
 			workflow.SetCurrentDetails(ctx, r.details())
 		})
 	}
-	for running > 0 || next < len(plugins) {
+	for running > 0 || next < len(children) {
 		// Once cancelled, no new plugin is started; the running ones are
 		// cancelled with the context and reported as they end.
-		for running < limit && next < len(plugins) && ctx.Err() == nil {
-			start(plugins[next])
+		for running < limit && next < len(children) && ctx.Err() == nil {
+			start(children[next])
 			next++
 		}
 		if running == 0 {
@@ -393,16 +487,25 @@ func (r *run) reconcile(ctx workflow.Context, plugins []Plugin) {
 	}
 }
 
-// drain takes every waiting declaration and returns the plugins not yet
-// reconciled at their declared version (a failed one is tried again).
-func (r *run) drain() []Plugin {
+// drain takes every waiting declaration and returns what is left to do:
+// since declarations are kept, what the recorded declaration changed (see
+// record); before, the plugins not yet reconciled at their declared
+// version (a failed one is tried again).
+func (r *run) drain(ctx workflow.Context) (work, error) {
+	if r.declared {
+		d, ok := r.waiting()
+		if !ok {
+			return work{}, nil
+		}
+		return r.record(ctx, reconcile.DeclareInput{WorkspaceID: r.in.WorkspaceID, Plugins: d.Plugins, Prune: d.Prune, DryRun: r.in.DryRun})
+	}
 	ch := r.declarations
 	var out []Plugin
 	idx := map[string]int{}
 	for {
 		var d Declaration
 		if !ch.ReceiveAsync(&d) {
-			return out
+			return work{plugins: out}, nil
 		}
 		if validatePlugins(d.Plugins) != nil {
 			continue // a trigger validated its input; a bad signal is dropped
@@ -419,6 +522,61 @@ func (r *run) drain() []Plugin {
 			out = append(out, p)
 		}
 	}
+}
+
+// waiting folds every waiting declaration into one (Declaration.Then), and
+// reports whether there was any. A bad one is dropped: a trigger validated
+// its input.
+func (r *run) waiting() (Declaration, bool) {
+	var folded Declaration
+	got := false
+	for {
+		var d Declaration
+		if !r.declarations.ReceiveAsync(&d) {
+			return folded, got
+		}
+		if d.Validate() != nil {
+			continue
+		}
+		if got {
+			d = folded.Then(d)
+		}
+		folded, got = d, true
+	}
+}
+
+// record records a declaration (RecordDeclaration, which also loads the
+// box) and returns what the stored declaration asks of this run: the
+// declared plugins it has not reconciled as declared (or that failed), and
+// the tracked plugins no longer declared that it has not removed.
+func (r *run) record(ctx workflow.Context, in reconcile.DeclareInput) (work, error) {
+	var d reconcile.Declared
+	summary := fmt.Sprintf("record the declaration of %s (%d plugins)", in.WorkspaceID, len(in.Plugins))
+	switch {
+	case in.Converge:
+		summary = "load the declaration of " + in.WorkspaceID
+	case in.Prune:
+		summary += ", pruning the rest"
+	}
+	dctx := withActivity(ctx, summary, 30*time.Second, storeRetry)
+	if err := workflow.ExecuteActivity(dctx, reconcile.ActivityRecordDeclaration, in).Get(ctx, &d); err != nil {
+		return work{}, err
+	}
+	r.ws, r.generation, r.observed = d.Workspace, d.Generation, d.Observed
+	var w work
+	for _, p := range d.Plugins {
+		if done, ok := r.reconciled[p.Name]; ok && done == p && r.results[p.Name].Action.Converged() {
+			continue
+		}
+		w.plugins = append(w.plugins, p)
+	}
+	for _, p := range d.Undeclared {
+		if a := r.results[p.Name].Action; a == ActionRemoved || a == ActionWouldRemove {
+			continue
+		}
+		w.remove = append(w.remove, p)
+	}
+	return w, nil
 }
 
 func (r *run) count(actions ...Action) int {
@@ -484,8 +642,12 @@ func (r *run) result() ReconcileResult {
 		return res
 	}
 	if r.in.DryRun {
-		res.Summary = fmt.Sprintf("plan: %d to record, %d to deliver, restart %s (%s)",
-			res.Count(ActionWouldRecord), res.Count(ActionWouldDeliver), yesNo(r.restart.Needed), r.restart.Reason)
+		remove := ""
+		if n := res.Count(ActionWouldRemove); n > 0 {
+			remove = fmt.Sprintf(", %d to remove", n)
+		}
+		res.Summary = fmt.Sprintf("plan: %d to record, %d to deliver%s, restart %s (%s)",
+			res.Count(ActionWouldRecord), res.Count(ActionWouldDeliver), remove, yesNo(r.restart.Needed), r.restart.Reason)
 		return res
 	}
 	restart := "not restarted"
@@ -495,8 +657,15 @@ func (r *run) result() ReconcileResult {
 	case n > 1:
 		restart = fmt.Sprintf("restarted %d times, once per round", n)
 	}
-	res.Summary = fmt.Sprintf("%d recorded, %d delivered, %d failed; box %s: %s",
-		res.Count(ActionRecorded), res.Count(ActionDelivered), len(res.Failed), restart, r.restart.Reason)
+	removed := ""
+	if n := res.Count(ActionRemoved); n > 0 {
+		removed = fmt.Sprintf(", %d removed", n)
+	}
+	res.Summary = fmt.Sprintf("%d recorded, %d delivered%s, %d failed; box %s: %s",
+		res.Count(ActionRecorded), res.Count(ActionDelivered), removed, len(res.Failed), restart, r.restart.Reason)
+	if r.declared && !r.in.DryRun {
+		res.Generation, res.ObservedGeneration = r.generation, r.observed
+	}
 	return res
 }
 
@@ -533,59 +702,4 @@ func rootMessage(err error) string {
 		}
 		err = next
 	}
-}
-
-// PluginInput is ReconcilePlugin's input.
-type PluginInput struct {
-	Workspace reconcile.Box
-	Plugin    Plugin
-	DryRun    bool `json:",omitempty"`
-}
-
-// ReconcilePlugin probes one plugin on the box, then records it (already
-// there) or delivers it (absent or stale) and records it.
-func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error) {
-	ws, p := in.Workspace, in.Plugin
-	res := PluginResult{Name: p.Name, Version: p.Version}
-
-	var probe reconcile.Probe
-	// A probe is one short command on a shared connection; 45 s covers a
-	// fresh connection (20 s dial), and its heartbeat notices a dead worker
-	// in 20 s.
-	pctx := withBoxActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second)
-	if err := workflow.ExecuteActivity(pctx, reconcile.ActivityProbeManifest, reconcile.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
-		return res, err
-	}
-	verdict := reconcile.DecidePlugin(p, probe)
-	res.Verdict, res.Reason = verdict, verdict.Reason(p, probe)
-	deliver := verdict.Deliver()
-	if in.DryRun {
-		res.Action = ActionWouldRecord
-		if deliver {
-			res.Action = ActionWouldDeliver
-		}
-		return res, nil
-	}
-
-	track := reconcile.TrackInput{WorkspaceID: ws.ID, Plugin: p.Name, Version: p.Version, Digest: probe.Digest, Via: reconcile.ViaBoot}
-	res.Action = ActionRecorded
-	if deliver {
-		var d reconcile.Delivery
-		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			StartToCloseTimeout: 15 * time.Minute,
-			HeartbeatTimeout:    20 * time.Second,
-			RetryPolicy:         boxRetry,
-			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, res.Reason),
-		})
-		if err := workflow.ExecuteActivity(dctx, reconcile.ActivityDeliverViaEIC, reconcile.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version, Digest: p.Digest}).Get(ctx, &d); err != nil {
-			return res, err
-		}
-		track.Digest, track.Via = d.Digest, reconcile.ViaReconcile
-		res.Action, res.Digest = ActionDelivered, d.Digest
-	}
-	tctx := withActivity(ctx, fmt.Sprintf("record %s for %s", p, ws.ID), 30*time.Second, storeRetry)
-	if err := workflow.ExecuteActivity(tctx, reconcile.ActivityRecordTracking, track).Get(ctx, nil); err != nil {
-		return res, err
-	}
-	return res, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,10 +32,39 @@ type model struct {
 
 	probes, deliveries, records, restarts, clears int
 	recorded                                      map[string]string // plugin -> via
+	tracked                                       map[string]string // plugin -> tracked version
+
+	// The stored declaration.
+	declared             []Plugin
+	generation, observed int64
+	removals, forgets    int
 }
 
 func newModel(onBox map[string]string) *model {
-	return &model{onBox: onBox, failDeliver: map[string]bool{}, marks: map[string]string{}, identity: "run-1", recorded: map[string]string{}}
+	return &model{onBox: onBox, failDeliver: map[string]bool{}, marks: map[string]string{}, identity: "run-1", recorded: map[string]string{}, tracked: map[string]string{}}
+}
+
+// declare is the store's Declare on the model.
+func (m *model) declare(in reconcile.DeclareInput) reconcile.Declared {
+	next := reconcile.Declare(m.declared, in.Plugins, in.Prune)
+	if in.Converge && m.generation > 0 {
+		next = m.declared
+	}
+	declared, generation := m.declared, m.generation
+	if generation == 0 || !slices.Equal(next, declared) {
+		declared, generation = next, generation+1
+	}
+	d := reconcile.Declared{Workspace: ws, Generation: generation, Observed: m.observed, Plugins: declared}
+	for name, v := range m.tracked {
+		if !slices.ContainsFunc(declared, func(p Plugin) bool { return p.Name == name }) {
+			d.Undeclared = append(d.Undeclared, Plugin{Name: name, Version: v})
+		}
+	}
+	slices.SortFunc(d.Undeclared, func(a, b Plugin) int { return strings.Compare(a.Name, b.Name) })
+	if !in.DryRun {
+		m.declared, m.generation = declared, generation
+	}
+	return d
 }
 
 var ws = reconcile.Box{ID: "ws-1", InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
@@ -48,6 +79,38 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 			return reconcile.Box{}, temporal.NewNonRetryableApplicationError("workspace "+id+" is not registered", reconcile.ErrUnknownWorkspace, nil)
 		}
 		return ws, nil
+	}).Maybe()
+	env.OnActivity(reconcile.ActivityRecordDeclaration, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.DeclareInput) (reconcile.Declared, error) {
+		if in.WorkspaceID != ws.ID {
+			return reconcile.Declared{}, temporal.NewNonRetryableApplicationError("workspace "+in.WorkspaceID+" is not registered", reconcile.ErrUnknownWorkspace, nil)
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.declare(in), nil
+	}).Maybe()
+	env.OnActivity(reconcile.ActivityObserveDeclaration, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ObserveInput) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.observed = max(m.observed, in.Generation)
+		return nil
+	}).Maybe()
+	env.OnActivity(reconcile.ActivityRemoveViaEIC, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.RemoveInput) (reconcile.Removal, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.removals++
+		if _, ok := m.onBox[in.Plugin]; !ok {
+			return reconcile.Removal{}, nil
+		}
+		delete(m.onBox, in.Plugin)
+		m.marks[in.Plugin] = m.identity
+		return reconcile.Removal{Changed: true}, nil
+	}).Maybe()
+	env.OnActivity(reconcile.ActivityForgetTracking, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.TrackInput) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.forgets++
+		delete(m.tracked, in.Plugin)
+		return nil
 	}).Maybe()
 	env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ProbeInput) (reconcile.Probe, error) {
 		m.mu.Lock()
@@ -83,6 +146,7 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		defer m.mu.Unlock()
 		m.records++
 		m.recorded[in.Plugin] = in.Via
+		m.tracked[in.Plugin] = in.Version
 		return nil
 	}).Maybe()
 	env.OnActivity(reconcile.ActivityReadRestartFacts, mock.Anything, mock.Anything).Return(func(_ context.Context, _ reconcile.Box) (reconcile.RestartFacts, error) {

@@ -70,6 +70,7 @@ type SweepReport struct {
 	Missing    int      // plugins found absent
 	Stale      int      // plugins found at another version or digest
 	Delivered  int      // plugins delivered (or, in a dry run, to deliver)
+	Removed    int      `json:",omitempty"` // plugins no longer declared removed (or, in a dry run, to remove)
 	Restarts   int      // boxes restarted (or, in a dry run, to restart)
 	Failures   int      // reconciles that failed
 	Failed     []string `json:",omitempty"` // "workspace: reason"
@@ -79,8 +80,9 @@ type SweepReport struct {
 	StopReason string   `json:",omitempty"`
 }
 
-// SweepFleet reconciles every active workspace, re-declaring its tracked
-// plugins: a sliding window of at most MaxConcurrency reconciles, at most
+// SweepFleet reconciles every active workspace to its stored declaration
+// (a workspace tracked before declarations were kept: to its tracking
+// rows): a sliding window of at most MaxConcurrency reconciles, at most
 // MaxRestartsInFlight restarts at once, an error budget that stops starting
 // new reconciles, and continue-as-new before the history grows large.
 func SweepFleet(ctx workflow.Context, in SweepInput) (SweepReport, error) {
@@ -114,6 +116,7 @@ type sweep struct {
 	self           string
 	pool           *permitPool
 	leases         bool // permits are freed when their holder ends
+	converge       bool // reconciles converge to the stored declaration
 	sel            workflow.Selector
 	inFlight       int
 	startedThisRun int
@@ -125,6 +128,9 @@ func newSweep(ctx workflow.Context, in SweepInput) *sweep {
 	// Permits follow their holders' lives: a reconcile that ends (or is
 	// terminated, or reset) without giving its permit back frees it.
 	s.leases = workflow.GetVersion(ctx, "sweep-permit-leases", workflow.DefaultVersion, 1) == 1
+	// A reconcile converges to the declaration as stored when it starts, not
+	// as this sweep listed it: a trigger with Prune meanwhile is not undone.
+	s.converge = workflow.GetVersion(ctx, "sweep-converge", workflow.DefaultVersion, 1) == 1
 	s.sel = workflow.NewSelector(ctx)
 	s.sel.AddReceive(workflow.GetSignalChannel(ctx, SignalPermitRequest), func(c workflow.ReceiveChannel, _ bool) {
 		var r PermitRequest
@@ -222,7 +228,7 @@ func (s *sweep) start(ctx workflow.Context, t reconcile.SweepTarget) {
 		StaticSummary:         fmt.Sprintf("sweep: reconcile %s (%d plugins)", t.WorkspaceID, len(plugins)),
 	})
 	f := workflow.ExecuteChildWorkflow(cctx, ReconcileWorkspace, ReconcileInput{
-		WorkspaceID: t.WorkspaceID, Plugins: plugins, DryRun: s.in.DryRun, RestartGate: s.self,
+		WorkspaceID: t.WorkspaceID, Plugins: plugins, Converge: s.converge, DryRun: s.in.DryRun, RestartGate: s.self,
 	})
 	s.inFlight++
 	s.sel.AddFuture(f, func(f workflow.Future) {
@@ -258,8 +264,11 @@ func (r *SweepReport) tally(workspace string, res ReconcileResult) {
 		case p.Verdict == reconcile.VerdictStale, p.Verdict == reconcile.VerdictDigestDiffers:
 			r.Stale++
 		}
-		if p.Action == ActionDelivered || p.Action == ActionWouldDeliver {
+		switch p.Action {
+		case ActionDelivered, ActionWouldDeliver:
 			r.Delivered++
+		case ActionRemoved, ActionWouldRemove:
+			r.Removed++
 		}
 	}
 	switch {
