@@ -31,8 +31,8 @@ import (
 )
 
 const usage = `usage:
-  starter reconcile --workspace ID [--plugin name@version ...] [--dry-run] [--wait] [--json]
-  starter status    --workspace ID [--json]
+  starter reconcile --workspace ID [--plugin name@version ... [--prune]] [--dry-run] [--wait] [--json]
+  starter status    --workspace ID [--probe=false] [--json]
   starter workspace add --workspace ID --instance i-... --region REGION [--az AZ] [--os-user USER] [--plugin-root PATH]
   starter cancel    --workspace ID
   starter terminate --workspace ID --reason TEXT
@@ -44,7 +44,9 @@ const usage = `usage:
 
 Temporal is configured by TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ... (the SDK's
 environment configuration); the database by DATABASE_URL or --database-url.
-Without --plugin, reconcile re-declares the plugins tracked for the workspace.
+Without --plugin, reconcile converges the workspace to its stored declaration;
+with --plugin it declares those plugins (added to the stored set, or with
+--prune as the whole set: tracked plugins not in it are removed).
 `
 
 // command is one starter command: it declares its own flags, then runs.

@@ -87,6 +87,9 @@ func TestOperatorCommandsOnTheRealStack(t *testing.T) {
 
 	out, err = runCmd(t, "status", db, "--workspace", "ws-cli")
 	require.NoError(t, err)
+	require.Contains(t, out, "declaration: generation 1 (declared ")
+	require.Contains(t, out, "observed generation 1: reconciled in full")
+	require.Regexp(t, `code-review\s+2\.0\.0\s+2\.0\.0\s+2\.0\.0\s+would-record`, out, "declared, on the box, tracked")
 	require.Contains(t, out, "no restart pending")
 	require.Contains(t, out, "code-review")
 	require.Regexp(t, `code-review\s+2\.0\.0\s+reconcile`, out)
@@ -103,15 +106,35 @@ func TestOperatorCommandsOnTheRealStack(t *testing.T) {
 	require.Contains(t, out, "5 recorded, 0 delivered")
 	require.Equal(t, 1, box.Restarts())
 
-	// Reconcile without --plugin re-declares the tracked plugins.
+	// Reconcile without --plugin converges to the stored declaration.
 	out, err = runCmd(t, "reconcile", db, "--workspace", "ws-cli", "--wait")
 	require.NoError(t, err)
 	require.Contains(t, out, "5 recorded, 0 delivered")
 
+	// --prune without the set is refused before anything starts.
+	_, err = runCmd(t, "reconcile", db, "--workspace", "ws-cli", "--prune")
+	require.ErrorContains(t, err, "--prune needs the whole declared set")
+	// With it, what is left out is removed: the plan shows it first.
+	prune := []string{"reconcile", "--workspace", "ws-cli", "--prune"}
+	for _, p := range servicetest.Declared[1:] {
+		prune = append(prune, "--plugin", p.String())
+	}
+	out, err = runCmd(t, append(prune, "--dry-run")...)
+	require.NoError(t, err)
+	require.Regexp(t, servicetest.Declared[0].Name+`\s+\S+\s+would-remove`, out)
+	out, err = runCmd(t, append(prune, "--wait")...)
+	require.NoError(t, err)
+	require.Contains(t, out, "1 removed")
+	require.Equal(t, 2, box.Restarts(), "the removal's one restart")
+	out, err = runCmd(t, "status", db, "--workspace", "ws-cli")
+	require.NoError(t, err)
+	require.Contains(t, out, "generation 2")
+	require.NotRegexp(t, `(?m)^`+servicetest.Declared[0].Name+`\s`, out, "neither declared, on the box nor tracked")
+
 	// The fleet plan changes nothing.
 	out, err = runCmd(t, "sweep", "--dry-run")
 	require.NoError(t, err)
-	require.Contains(t, out, "plan: 1 workspaces checked, 0 plugins missing, 0 stale, 0 delivered, 0 restarts, 0 failed")
+	require.Contains(t, out, "plan: 1 workspaces checked, 0 plugins missing, 0 stale, 0 delivered, 0 removed, 0 restarts, 0 failed")
 	out, err = runCmd(t, "schedule", "--every", "6h")
 	require.NoError(t, err)
 	require.Contains(t, out, "created")

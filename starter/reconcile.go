@@ -11,21 +11,23 @@ import (
 
 	"go.temporal.io/sdk/client"
 
+	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
 // reconcileCommand triggers a workspace's reconcile (or joins the running
 // one), or runs its plan with --dry-run.
 type reconcileCommand struct {
-	workspace, databaseURL string
-	plugins                pluginList
-	dryRun, wait, asJSON   bool
+	workspace, databaseURL      string
+	plugins                     pluginList
+	prune, dryRun, wait, asJSON bool
 }
 
 func (c *reconcileCommand) flags(fs *flag.FlagSet) {
 	workspaceFlag(fs, &c.workspace)
 	databaseFlag(fs, &c.databaseURL)
 	fs.Var(&c.plugins, "plugin", "declared plugin name@version (repeatable)")
+	fs.BoolVar(&c.prune, "prune", false, "the --plugin flags are the whole declared set: tracked plugins not in it are removed")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "probe only and print the plan")
 	waitFlag(fs, &c.wait)
 	jsonFlag(fs, &c.asJSON)
@@ -35,20 +37,24 @@ func (c *reconcileCommand) run(ctx context.Context, out io.Writer) error {
 	if c.workspace == "" {
 		return errors.New("reconcile: --workspace is required")
 	}
-	plugins := []workflows.Plugin(c.plugins)
-	if len(plugins) == 0 {
-		tracked, err := trackedPlugins(ctx, c.databaseURL, c.workspace)
+	in := workflows.ReconcileInput{WorkspaceID: c.workspace, Plugins: c.plugins, Prune: c.prune, DryRun: c.dryRun}
+	if len(in.Plugins) == 0 {
+		if c.prune {
+			return errors.New("reconcile: --prune needs the whole declared set as --plugin flags (it would remove every plugin)")
+		}
+		// Without --plugin: converge to the stored declaration.
+		declared, err := declaredPlugins(ctx, c.databaseURL, c.workspace)
 		if err != nil {
 			return err
 		}
-		plugins = tracked
+		in.Plugins, in.Converge = declared, true
 	}
 	tc, err := dial()
 	if err != nil {
 		return err
 	}
 	defer tc.Close()
-	run, err := workflows.Start(ctx, tc, workflows.ReconcileInput{WorkspaceID: c.workspace, Plugins: plugins, DryRun: c.dryRun})
+	run, err := workflows.Start(ctx, tc, in)
 	if err != nil {
 		return err
 	}
@@ -73,18 +79,27 @@ func (p *pluginList) Set(v string) error {
 	return nil
 }
 
-func trackedPlugins(ctx context.Context, dsn, workspace string) ([]workflows.Plugin, error) {
+// declaredPlugins is the workspace's stored declaration (for a workspace
+// tracked before declarations were kept: its tracking rows).
+func declaredPlugins(ctx context.Context, dsn, workspace string) ([]workflows.Plugin, error) {
 	st, err := openStore(ctx, dsn)
 	if err != nil {
-		return nil, fmt.Errorf("reconcile without --plugin re-declares the tracked plugins: %w", err)
+		return nil, fmt.Errorf("reconcile without --plugin converges to the stored declaration: %w", err)
 	}
 	defer st.Close()
+	d, err := st.Declaration(ctx, workspace)
+	if err == nil {
+		return d.Plugins, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
 	rows, err := st.TrackingRows(ctx, workspace)
 	if err != nil {
 		return nil, err
 	}
 	if len(rows) == 0 {
-		return nil, fmt.Errorf("workspace %s has no tracked plugins: declare them with --plugin name@version", workspace)
+		return nil, fmt.Errorf("workspace %s has no declaration: declare its plugins with --plugin name@version", workspace)
 	}
 	out := make([]workflows.Plugin, len(rows))
 	for i, r := range rows {
