@@ -55,13 +55,6 @@ func (c *sweepCommand) run(ctx context.Context, out io.Writer) error {
 	if c.dryRun {
 		kind = "plan"
 	}
-	fmt.Fprintf(out, "%s: %d workspaces checked, %d plugins missing, %d stale, %d delivered, %d removed, %d restarts, %d failed, %d skipped (already reconciling)\n",
-		kind, rep.Checked, rep.Missing, rep.Stale, rep.Delivered, rep.Removed, rep.Restarts, rep.Failures, rep.Skipped)
-	for _, f := range rep.Failed {
-		fmt.Fprintln(out, "  failed:", f)
-	}
-	if rep.Stopped {
-		fmt.Fprintln(out, "  stopped:", rep.StopReason)
-	}
+	fmt.Fprintf(out, "%s: %s\n", kind, rep)
 	return nil
 }

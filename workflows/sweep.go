@@ -80,6 +80,21 @@ type SweepReport struct {
 	StopReason string   `json:",omitempty"`
 }
 
+// String is the report as an operator reads it: one line of counts, then a
+// line per failure and the reason the sweep stopped, if it did.
+func (r SweepReport) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d workspaces checked, %d plugins missing, %d stale, %d delivered, %d removed, %d restarts, %d failed, %d skipped (already reconciling)",
+		r.Checked, r.Missing, r.Stale, r.Delivered, r.Removed, r.Restarts, r.Failures, r.Skipped)
+	for _, f := range r.Failed {
+		b.WriteString("\n  failed: " + f)
+	}
+	if r.Stopped {
+		b.WriteString("\n  stopped: " + r.StopReason)
+	}
+	return b.String()
+}
+
 // SweepFleet reconciles every active workspace to its stored declaration
 // (a workspace tracked before declarations were kept: to its tracking
 // rows): a sliding window of at most MaxConcurrency reconciles, at most
