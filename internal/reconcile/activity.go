@@ -146,7 +146,7 @@ type Declared struct {
 	Workspace  Box
 	Generation int64
 	// Observed is the generation last reconciled in full.
-	Observed int64 `json:",omitempty"`
+	Observed int64    `json:",omitempty"`
 	Plugins  []Plugin // sorted by name
 	// Undeclared are the tracked plugins (name and tracked version) the
 	// declaration does not hold: the reconcile removes them.
