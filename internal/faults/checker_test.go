@@ -30,7 +30,8 @@ import (
 
 // The interleaving checker, in the spirit of Jepsen and FoundationDB's
 // simulation tests: a seed makes a schedule (boxes, then timed events that
-// mix triggers, narrower and newer declarations, worker SIGKILLs and
+// mix triggers, narrower and newer declarations, declarations with Prune
+// (the whole set: what they drop is removed), worker SIGKILLs and
 // SIGTERM deploys, resets to a random earlier point, terminate-then-retry,
 // cancels, slow and failing restarts, Postgres and sshd outages); the
 // schedule runs against the real stack (embedded Temporal, a private
@@ -88,6 +89,7 @@ type event struct {
 	Kind    eventKind
 	WS      int
 	Plugins []workflows.Plugin // trigger: the declaration
+	Prune   bool               // trigger: the declaration is the whole set
 	D       time.Duration      // outages, slow restarts, the worker's time down
 	N       int                // failing restarts: how many; reset: which workflow task
 }
@@ -101,6 +103,9 @@ func (e event) String() string {
 			ps = append(ps, p.String())
 		}
 		s += fmt.Sprintf(" ws%d %s", e.WS, strings.Join(ps, ","))
+		if e.Prune {
+			s += " prune"
+		}
 	case evReset:
 		s += fmt.Sprintf(" ws%d to workflow task #%d", e.WS, e.N)
 	case evTermRetry, evCancel:
@@ -126,6 +131,10 @@ type schedule struct {
 // generate makes seed's schedule: the same seed, the same schedule.
 func generate(seed uint64) schedule {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	// Which later triggers carry Prune is drawn from a stream of its own,
+	// so a seed's timeline stays what it was before Prune existed (the
+	// regression seeds still replay the schedules that found them).
+	pruneRNG := rand.New(rand.NewPCG(seed, 0x9a9e))
 	s := schedule{Seed: seed}
 	const boxes = 3
 	declared := make([]map[string]int, boxes) // plugin -> version index
@@ -179,6 +188,7 @@ func generate(seed uint64) schedule {
 		switch e.Kind {
 		case evTrigger:
 			e.Plugins = declare(e.WS, true)
+			e.Prune = pruneRNG.IntN(3) == 0
 		case evKill:
 			e.D = time.Duration(100+rng.IntN(900)) * time.Millisecond
 		case evReset:
@@ -197,19 +207,32 @@ func generate(seed uint64) schedule {
 }
 
 // desired is what the schedule declared for each workspace in all: its
-// declarations folded in order (a later version wins, nothing is removed).
+// declarations applied in order as the store applies them (a later
+// version wins; a Prune declaration replaces the set).
 func (s schedule) desired() [][]workflows.Plugin {
-	decls := make([][][]workflows.Plugin, len(s.Boot))
+	out := make([][]workflows.Plugin, len(s.Boot))
 	for _, e := range s.Events {
 		if e.Kind == evTrigger {
-			decls[e.WS] = append(decls[e.WS], e.Plugins)
+			out[e.WS] = reconcile.Declare(out[e.WS], e.Plugins, e.Prune)
 		}
 	}
-	out := make([][]workflows.Plugin, len(s.Boot))
-	for i, d := range decls {
-		out[i] = workflows.Fold(d...)
-	}
 	return out
+}
+
+// touched reports whether the schedule cancelled, terminated or reset
+// ws's reconcile. Such a run may end before it records a declaration that
+// was signalled to it (a cancel is the operator's word), or leave a
+// plugin swapped onto the box and never tracked; the last trigger's Prune
+// puts the declaration right either way, so for such a workspace the
+// checker does not require the declaration stored before it, nor a box
+// without strays.
+func (s schedule) touched(ws int) bool {
+	for _, e := range s.Events {
+		if e.WS == ws && (e.Kind == evCancel || e.Kind == evTermRetry || e.Kind == evReset) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkerStats are the figures the report gives.
@@ -333,7 +356,7 @@ func runSchedule(t *testing.T, h *harness, s schedule) {
 		l.do(e)
 	}
 	failure := l.settleAndCheck()
-	invariants := 3 * len(l.boxes)
+	invariants := 4 * len(l.boxes)
 	if failure != "" {
 		var b strings.Builder
 		fmt.Fprintf(&b, "seed %d:\n  %s\n  events:\n", s.Seed, failure)
@@ -372,7 +395,7 @@ func (l *lane) do(e event) {
 	}()
 	switch e.Kind {
 	case evTrigger:
-		_, err := workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: e.Plugins})
+		_, err := workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: e.Plugins, Prune: e.Prune})
 		ok = err == nil
 	case evKill:
 		h.killWorker()
@@ -451,9 +474,10 @@ func (l *lane) reset(ws string, n int) bool {
 	return err == nil
 }
 
-// settleAndCheck ends the schedule's faults, lets what runs finish, makes
-// a last trigger of everything declared, and checks the invariants. It
-// returns the first broken one, or "".
+// settleAndCheck ends the schedule's faults, lets what runs finish, checks
+// the stored declarations, makes a last trigger of everything declared
+// (with Prune: the whole set), and checks the invariants. It returns the
+// first broken one, or "".
 func (l *lane) settleAndCheck() string {
 	h := l.h
 	l.timers.Wait()
@@ -492,7 +516,15 @@ func (l *lane) settleAndCheck() string {
 	}
 	desired := l.s.desired()
 	for i, ws := range l.ws {
-		run, err := workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: desired[i]})
+		if l.s.touched(i) {
+			continue
+		}
+		if msg := l.checkDeclaration(ws, desired[i], false); msg != "" {
+			return fmt.Sprintf("ws%d before the last trigger: %s", i, msg)
+		}
+	}
+	for i, ws := range l.ws {
+		run, err := workflows.Start(c, h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: desired[i], Prune: true})
 		if err != nil {
 			return fmt.Sprintf("ws%d: last trigger: %v", i, err)
 		}
@@ -501,16 +533,34 @@ func (l *lane) settleAndCheck() string {
 		}
 	}
 	for i, ws := range l.ws {
-		if msg := l.check(ws, l.boxes[i], desired[i]); msg != "" {
+		if msg := l.check(ws, l.boxes[i], l.s.Boot[i], desired[i], !l.s.touched(i)); msg != "" {
 			return fmt.Sprintf("ws%d: %s", i, msg)
 		}
 	}
 	return ""
 }
 
+// checkDeclaration compares the stored declaration with what the schedule
+// declared; observed also requires it reconciled in full.
+func (l *lane) checkDeclaration(ws string, desired []workflows.Plugin, observed bool) string {
+	d, err := l.h.store.Declaration(ctx(l.t), ws)
+	if err != nil {
+		return "stored declaration: " + err.Error()
+	}
+	if !slices.Equal(d.Plugins, reconcile.Declare(nil, desired, true)) {
+		return fmt.Sprintf("stored declaration %v, the schedule declared %v", d.Plugins, desired)
+	}
+	if observed && d.Behind() {
+		return fmt.Sprintf("declaration generation %d, observed %d", d.Generation, d.ObservedGeneration)
+	}
+	return ""
+}
+
 // check judges one workspace: the restart promise from the box's record,
-// nothing pending, and rows equal to the box at the declared versions.
-func (l *lane) check(ws string, box *fleet.Box, desired []workflows.Plugin) string {
+// nothing pending, rows equal to the box at the declared versions, the
+// declaration stored and observed, and (noStrays) no plugin on the box
+// that is not declared except as it was booted.
+func (l *lane) check(ws string, box *fleet.Box, boot map[string]string, desired []workflows.Plugin, noStrays bool) string {
 	c := ctx(l.t)
 	events, err := box.Events()
 	if err != nil {
@@ -557,6 +607,21 @@ func (l *lane) check(ws string, box *fleet.Box, desired []workflows.Plugin) stri
 			return fmt.Sprintf("%s tracked at %q, declared %s", p.Name, tracked[p.Name], p.Version)
 		}
 	}
+	if msg := l.checkDeclaration(ws, desired, true); msg != "" {
+		return msg
+	}
+	for _, name := range checkerPlugins {
+		if !noStrays || slices.ContainsFunc(desired, func(p workflows.Plugin) bool { return p.Name == name }) {
+			continue
+		}
+		data, err := os.ReadFile(box.ManifestPath(name))
+		if err != nil {
+			continue
+		}
+		if m, err := reconcile.ParseManifest(data); err != nil || m.Version != boot[name] {
+			return fmt.Sprintf("%s is on the box (%q) though not declared, and not as it was booted", name, m.Version)
+		}
+	}
 	return ""
 }
 
@@ -571,7 +636,7 @@ func (c *checkerStats) write(b *strings.Builder) {
 	for _, n := range c.events {
 		total += n
 	}
-	fmt.Fprintf(b, "\n## Interleaving checker\n\n%d seeded schedules (`CHECKER_SCHEDULES=%s`, `CHECKER_LANES=%s`, and the regression seeds), %d events, %d invariants checked (3 per workspace: the restart promise from the box's own record, nothing pending in the store or the box's journal, rows equal to the box at the declared versions), %d failed. A schedule is rerun alone with `CHECKER_SEEDS=<seed>`.\n\n",
+	fmt.Fprintf(b, "\n## Interleaving checker\n\n%d seeded schedules (`CHECKER_SCHEDULES=%s`, `CHECKER_LANES=%s`, and the regression seeds), %d events, %d invariants checked (4 per workspace: the restart promise from the box's own record, nothing pending in the store or the box's journal, rows equal to the box at the declared versions, the declaration stored as declared and reconciled in full; a workspace no cancel, terminate or reset touched also has its declaration checked before the last trigger and no stray plugin on its box), %d failed. A schedule is rerun alone with `CHECKER_SEEDS=<seed>`.\n\n",
 		c.schedules, os.Getenv("CHECKER_SCHEDULES"), os.Getenv("CHECKER_LANES"), total, c.invariants, len(c.failures))
 	b.WriteString("Regression seeds (defects the checker found, fixed since):\n\n")
 	for _, r := range regressions {
@@ -586,4 +651,39 @@ func (c *checkerStats) write(b *strings.Builder) {
 	for _, f := range c.failures {
 		fmt.Fprintf(b, "\n```\n%s```\n", f)
 	}
+}
+
+// The schedules carry Prune declarations, and desired applies them as the
+// store does; seeds keep their timelines.
+func TestSchedulesCarryPrune(t *testing.T) {
+	prunes := 0
+	for seed := uint64(1); seed <= 20; seed++ {
+		s := generate(seed)
+		require.Equal(t, s, generate(seed), "the same seed, the same schedule")
+		want := make([]map[string]string, len(s.Boot))
+		for _, e := range s.Events {
+			if e.Kind != evTrigger {
+				continue
+			}
+			if e.Prune {
+				prunes++
+				want[e.WS] = map[string]string{}
+			}
+			if want[e.WS] == nil {
+				want[e.WS] = map[string]string{}
+			}
+			for _, p := range e.Plugins {
+				want[e.WS][p.Name] = p.Version
+			}
+		}
+		for ws, d := range s.desired() {
+			got := map[string]string{}
+			for _, p := range d {
+				got[p.Name] = p.Version
+			}
+			require.Equal(t, want[ws], got, "seed %d ws%d", seed, ws)
+		}
+	}
+	require.Greater(t, prunes, 10, "20 schedules carry Prune declarations")
+	require.Equal(t, 3, len(generate(1).Boot))
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,9 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/devserver"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
+	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
 // A reboot takes a while to begin: the box answers with its old boot id
@@ -130,4 +133,58 @@ func TestEndpointDialFailureLeaksNothing(t *testing.T) {
 	}
 	record("endpoint mode: tunnel dial refused", "activity failed and is retried: "+firstLine(strings.TrimSpace(failure)),
 		"no X-Amz- parameter, signature or credential in the failure, the history or the worker log")
+}
+
+// A worker SIGKILLed while a Prune declaration's removals run (the first
+// is off the box, the others not yet): the retried removals finish, the
+// plugin already removed is a no-op, and one restart follows them all.
+func TestWorkerKilledMidRemoval(t *testing.T) {
+	h := newHarness(t)
+	const ws = "kill-removal"
+	b := h.box(ws, all())
+	h.start(ws, declared)
+	_, err := h.wait(ws, 3*time.Minute)
+	require.NoError(t, err)
+	require.Zero(t, b.Restarts())
+
+	b.SetLatency(150 * time.Millisecond) // the removals take a while
+	keep, dropped := declared[:2], declared[2:]
+	_, err = workflows.Start(ctx(t), h.client, workflows.ReconcileInput{WorkspaceID: ws, Plugins: keep, Prune: true})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		events, err := b.Events()
+		return err == nil && slices.ContainsFunc(events, func(e fleet.Event) bool { return e.Kind == fleet.Removal })
+	}, 2*time.Minute, 10*time.Millisecond, "no removal began")
+	h.killWorker()
+	events, err := b.Events()
+	require.NoError(t, err)
+	removedAtKill := len(events)
+	h.startWorker()
+	b.SetLatency(0)
+
+	res, err := h.wait(ws, 3*time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, len(dropped), res.Count(workflows.ActionRemoved))
+	h.checkBox(ws, b, keep, 1)
+	rows, err := h.store.TrackingRows(ctx(t), ws)
+	require.NoError(t, err)
+	require.Len(t, rows, len(keep), "the removed plugins' rows are gone")
+	for _, p := range dropped {
+		require.NoDirExists(t, filepath.Dir(b.ManifestPath(p.Name)), p.Name)
+	}
+	entries, err := os.ReadDir(b.PluginRoot)
+	require.NoError(t, err)
+	for _, e := range entries {
+		require.False(t, strings.HasPrefix(e.Name(), ".removing"), "half removed: %s", e.Name())
+	}
+	events, err = b.Events()
+	require.NoError(t, err)
+	require.NoError(t, fleettest.CheckRestarts(events))
+	d, err := h.store.Declaration(ctx(t), ws)
+	require.NoError(t, err)
+	require.False(t, d.Behind(), "the Prune declaration is observed")
+	t.Logf("killed with %d of %d removals on the box", removedAtKill, len(dropped))
+	record(fmt.Sprintf("worker SIGKILLed mid-removal (a Prune declaration dropping %d plugins)", len(dropped)),
+		fmt.Sprintf("killed after %d of %d removals reached the box; the retried removals completed", removedAtKill, len(dropped)),
+		"the dropped plugins off the box and out of the rows, nothing left aside; one restart; the declaration observed")
 }
