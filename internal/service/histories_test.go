@@ -23,7 +23,7 @@ const historiesDir = "../../workflows/testdata/histories"
 
 // TestRecordHistories records real histories of the shipped workflows for
 // the replay test. It runs only with RECORD_HISTORIES set, to "all" or to
-// the sets to record ("reconcile", "rounds", "sweep"), which replace their
+// the sets to record ("reconcile", "rounds", "sweep", "declarations"), which replace their
 // own files and keep the others: re-record a set only when a change to
 // workflow code is meant to be incompatible with it (and version it with
 // workflow.GetVersion instead whenever runs may be in flight).
@@ -114,8 +114,21 @@ func TestRecordHistories(t *testing.T) {
 			index["sweep-dry-run.json"] = workflows.SweepWorkflowID
 			save("sweep-dry-run", workflows.SweepWorkflowID, plan.GetRunID())
 		},
+		// A Prune declaration that removes two plugins and delivers one,
+		// with one restart; the child saved is a removal's.
+		"declarations": func() {
+			s.Box("ws-prune", all("code-review"))
+			s.Reconcile("ws-prune", withoutPlugin(declared, "code-review"))
+			run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-prune", Plugins: declared[:3], Prune: true})
+			require.NoError(t, err)
+			res, err := workflows.Result(ctx(t), run)
+			require.NoError(t, err)
+			require.Equal(t, 2, res.Count(workflows.ActionRemoved))
+			save("prune", run.GetID(), run.GetRunID())
+			save("prune-child", workflows.PluginWorkflowID(run.GetID(), declared[4].Name), "")
+		},
 	}
-	for _, name := range []string{"reconcile", "rounds", "sweep"} {
+	for _, name := range []string{"reconcile", "rounds", "sweep", "declarations"} {
 		if want == "all" || slices.Contains(strings.Split(want, ","), name) {
 			sets[name]()
 		}
@@ -123,4 +136,14 @@ func TestRecordHistories(t *testing.T) {
 	data, err := json.MarshalIndent(index, "", "  ")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(historiesDir, "executions.json"), data, 0o644))
+}
+
+func withoutPlugin(ps []workflows.Plugin, name string) []workflows.Plugin {
+	var out []workflows.Plugin
+	for _, p := range ps {
+		if p.Name != name {
+			out = append(out, p)
+		}
+	}
+	return out
 }
