@@ -451,7 +451,7 @@ func (a *Activities) ListWorkspaces(ctx context.Context, in reconcile.PageInput)
 	for i, d := range ds {
 		out[i].WorkspaceID = d.WorkspaceID
 		for _, p := range d.Plugins {
-			out[i].Plugins = append(out[i].Plugins, reconcile.DeclaredPlugin{Name: p.Name, Version: p.Version, Digest: p.Digest})
+			out[i].Plugins = append(out[i].Plugins, reconcile.DeclaredPlugin(p))
 		}
 	}
 	return out, nil
