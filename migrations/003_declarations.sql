@@ -4,7 +4,8 @@
 -- given (a declaration with Prune replaces the set, one without adds to
 -- it), the generation increasing whenever the set changes, and marks the
 -- generation observed once every declared plugin is on the box and
--- tracked, and nothing undeclared is. The drift sweep converges to it.
+-- tracked, and every plugin a Prune declaration dropped is removed. The
+-- drift sweep converges to it.
 
 create table workspace_declarations (
   workspace_id        text primary key references workspaces (id) on delete cascade,
@@ -15,7 +16,11 @@ create table workspace_declarations (
   declared_by_workflow_id text not null,
   declared_by_run_id  text not null,
   observed_generation bigint not null default 0,
-  observed_at         timestamptz
+  observed_at         timestamptz,
+  -- Plugins a Prune declaration dropped whose removal is not done yet
+  -- (names, sorted): only these are removed, never a plugin merely
+  -- tracked and not declared.
+  removals            jsonb not null default '[]'
 );
 
 -- Workspaces reconciled before declarations were kept: their tracking rows

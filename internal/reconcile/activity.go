@@ -148,8 +148,9 @@ type Declared struct {
 	// Observed is the generation last reconciled in full.
 	Observed int64    `json:",omitempty"`
 	Plugins  []Plugin // sorted by name
-	// Undeclared are the tracked plugins (name and tracked version) the
-	// declaration does not hold: the reconcile removes them.
+	// Undeclared are the plugins a Prune declaration dropped whose removal
+	// is not done (at their tracked version when tracked): the reconcile
+	// removes them.
 	Undeclared []Plugin `json:",omitempty"`
 }
 

@@ -146,3 +146,51 @@ func Declare(stored, declared []Plugin, prune bool) []Plugin {
 	slices.SortFunc(out, func(a, b Plugin) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
+
+// Desired is a workspace's stored desired state: the declared set and the
+// plugins a Prune declaration dropped whose removal is not done yet.
+type Desired struct {
+	Plugins  []Plugin // sorted by name
+	Removals []string // sorted
+}
+
+// NextDesired is the desired state a declaration makes of the stored one.
+// A workspace with no stored declaration (stored nil: tracked before
+// declarations were kept, or by a worker that keeps none) starts from its
+// tracking rows. Without Prune the declaration adds (Declare) and removes
+// nothing; with Prune it is the set, and every plugin it drops that was
+// declared or tracked is owed a removal (declared and untracked too: a
+// delivery cut after its swap leaves it on the box untracked). Converge
+// keeps a stored declaration as it is. A plugin declared again is no
+// longer owed a removal.
+func NextDesired(stored *Desired, tracked []Plugin, in DeclareInput) Desired {
+	var cur Desired
+	if stored != nil {
+		cur = *stored
+	} else {
+		cur.Plugins = Declare(nil, tracked, false)
+	}
+	next := Desired{Plugins: Declare(cur.Plugins, in.Plugins, in.Prune)}
+	if in.Converge && stored != nil {
+		next.Plugins = cur.Plugins
+	}
+	declared := func(name string) bool {
+		return slices.ContainsFunc(next.Plugins, func(p Plugin) bool { return p.Name == name })
+	}
+	owed := map[string]bool{}
+	for _, n := range cur.Removals {
+		owed[n] = true
+	}
+	if in.Prune && !in.Converge {
+		for _, p := range append(slices.Clone(cur.Plugins), tracked...) {
+			owed[p.Name] = true
+		}
+	}
+	for n := range owed {
+		if !declared(n) {
+			next.Removals = append(next.Removals, n)
+		}
+	}
+	slices.Sort(next.Removals)
+	return next
+}

@@ -59,3 +59,32 @@ func TestDeclare(t *testing.T) {
 		})
 	}
 }
+
+func TestNextDesired(t *testing.T) {
+	t.Parallel()
+	a1, a2, b1, c1 := Plugin{Name: "a", Version: "1"}, Plugin{Name: "a", Version: "2"}, Plugin{Name: "b", Version: "1"}, Plugin{Name: "c", Version: "1"}
+	stored := func(ps []Plugin, removals ...string) *Desired { return &Desired{Plugins: ps, Removals: removals} }
+	tests := []struct {
+		desc    string
+		stored  *Desired
+		tracked []Plugin
+		in      DeclareInput
+		want    Desired
+	}{
+		{"a fresh workspace", nil, nil, DeclareInput{Plugins: []Plugin{b1, a1}}, Desired{Plugins: []Plugin{a1, b1}}},
+		{"no declaration stored: the tracking rows stand for it", nil, []Plugin{a1, b1}, DeclareInput{Plugins: []Plugin{c1}}, Desired{Plugins: []Plugin{a1, b1, c1}}},
+		{"no declaration stored, Prune: the tracked rest is owed a removal", nil, []Plugin{a1, b1}, DeclareInput{Plugins: []Plugin{c1}, Prune: true}, Desired{Plugins: []Plugin{c1}, Removals: []string{"a", "b"}}},
+		{"without Prune nothing is removed, tracked or not", stored([]Plugin{a1}), []Plugin{a1, b1}, DeclareInput{Plugins: []Plugin{c1}}, Desired{Plugins: []Plugin{a1, c1}}},
+		{"Prune drops a declared plugin that is not tracked", stored([]Plugin{a1, b1}), []Plugin{a1}, DeclareInput{Plugins: []Plugin{a2}, Prune: true}, Desired{Plugins: []Plugin{a2}, Removals: []string{"b"}}},
+		{"Prune drops a tracked plugin that is not declared", stored([]Plugin{a1}), []Plugin{a1, c1}, DeclareInput{Plugins: []Plugin{a1}, Prune: true}, Desired{Plugins: []Plugin{a1}, Removals: []string{"c"}}},
+		{"an owed removal stays owed", stored([]Plugin{a1}, "b"), []Plugin{a1, b1}, DeclareInput{Plugins: []Plugin{a2}}, Desired{Plugins: []Plugin{a2}, Removals: []string{"b"}}},
+		{"declared again: no longer owed", stored([]Plugin{a1}, "b"), []Plugin{a1, b1}, DeclareInput{Plugins: []Plugin{b1}}, Desired{Plugins: []Plugin{a1, b1}}},
+		{"Converge keeps what is stored", stored([]Plugin{a1}, "b"), []Plugin{a1, b1, c1}, DeclareInput{Plugins: []Plugin{c1}, Converge: true}, Desired{Plugins: []Plugin{a1}, Removals: []string{"b"}}},
+		{"Converge with nothing stored: the tracking rows and the plugins given", nil, []Plugin{a1}, DeclareInput{Plugins: []Plugin{b1}, Converge: true}, Desired{Plugins: []Plugin{a1, b1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			require.Equal(t, tt.want, NextDesired(tt.stored, tt.tracked, tt.in))
+		})
+	}
+}

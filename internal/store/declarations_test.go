@@ -177,3 +177,48 @@ insert into workspace_plugins (workspace_id, plugin_name, version, installed_via
 	require.NoError(t, err)
 	require.Equal(t, int32(2), v)
 }
+
+// Only what a Prune declaration dropped is removed: not a plugin tracked
+// by a worker that kept no declaration, and not the rest of the tracking
+// rows of a workspace that has none stored.
+func TestOnlyWhatAPruneDroppedIsOwedARemoval(t *testing.T) {
+	s := open(t)
+	addWorkspace(t, s, "ws-2", "i-0123456789abcdef1")
+	track(t, s, "ws-2", "a", "1")
+	track(t, s, "ws-2", "b", "1")
+	untracked := func(name string) reconcile.Plugin { return reconcile.Plugin{Name: name} }
+	steps := []struct {
+		desc       string
+		before     func()
+		in         reconcile.DeclareInput
+		plugins    []reconcile.Plugin
+		undeclared []reconcile.Plugin
+	}{
+		{"none stored: the tracking rows stand for it", nil, reconcile.DeclareInput{Plugins: plugins("c")}, plugins("a", "b", "c"), nil},
+		{"tracked and not declared is left alone", func() { track(t, s, "ws-2", "x", "1") }, reconcile.DeclareInput{Plugins: plugins("a")}, plugins("a", "b", "c"), nil},
+		{"Prune: the declared, the tracked and the untracked it drops", nil, reconcile.DeclareInput{Plugins: plugins("a", "e"), Prune: true}, plugins("a", "e"), []reconcile.Plugin{{Name: "b", Version: "1"}, untracked("c"), {Name: "x", Version: "1"}}},
+		{"a later Prune adds what it drops", nil, reconcile.DeclareInput{Plugins: plugins("a"), Prune: true}, plugins("a"), []reconcile.Plugin{{Name: "b", Version: "1"}, untracked("c"), untracked("e"), {Name: "x", Version: "1"}}},
+		{"declared again: no longer owed", nil, reconcile.DeclareInput{Plugins: plugins("c")}, plugins("a", "c"), []reconcile.Plugin{{Name: "b", Version: "1"}, untracked("e"), {Name: "x", Version: "1"}}},
+	}
+	for _, st := range steps {
+		if st.before != nil {
+			st.before()
+		}
+		st.in.WorkspaceID = "ws-2"
+		d, undeclared, err := s.Declare(ctx(t), st.in, "reconcile:ws-2", "run")
+		require.NoError(t, err, st.desc)
+		require.Equal(t, st.plugins, d.Plugins, st.desc)
+		require.Equal(t, st.undeclared, undeclared, st.desc)
+	}
+	for _, n := range []string{"b", "e", "x"} {
+		require.NoError(t, s.ForgetTracking(ctx(t), "ws-2", n))
+	}
+	d, err := s.Declaration(ctx(t), "ws-2")
+	require.NoError(t, err)
+	require.Empty(t, d.Removals, "every owed removal done")
+	require.True(t, d.Behind(), "until the generation is observed")
+	require.NoError(t, s.Observe(ctx(t), "ws-2", d.Generation))
+	d, err = s.Declaration(ctx(t), "ws-2")
+	require.NoError(t, err)
+	require.False(t, d.Behind())
+}
