@@ -32,7 +32,7 @@ trap '' HUP INT TERM
 id=$(ident)
 if [ -z "$id" ]; then echo "cannot read the runtime identity" >&2; exit 68; fi
 printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
-mv -- "$dst" "$aside"
+mv -T -- "$dst" "$aside"
 rm -rf -- "$old"
 after=$(ident) || after=
 [ -n "$after" ] && id=$after
