@@ -85,18 +85,26 @@ type ReconcileInput struct {
 // (Then): a declaration with Prune replaces what came before it, one
 // without adds to it. So {A,B,C,D}, then {A,B,C} with Prune, then {E}
 // leaves {A,B,C,E} declared and D removed; {A,B,C} with Prune after {E}
-// leaves {A,B,C}. The run records the folded declaration, reconciles what
-// it changed, and decides its single restart only once no declaration is
-// waiting.
+// leaves {A,B,C}. A Converge trigger (a sweep's, or the starter's without
+// --plugin) declares nothing: it asks for the stored declaration to be
+// reconciled, which the running reconcile does anyway, so it folds away.
+// The run records the folded declaration, reconciles what it changed, and
+// decides its single restart only once no declaration is waiting.
 type Declaration struct {
 	Plugins []Plugin
 	Prune   bool `json:",omitempty"`
+	// Converge: no declaration, only "reconcile the stored one"; Plugins
+	// are what the caller read, recorded only for a workspace with none.
+	Converge bool `json:",omitempty"`
 }
 
 // Then is the declaration that d followed by next makes.
 func (d Declaration) Then(next Declaration) Declaration {
-	if next.Prune {
-		return Declaration{Plugins: Fold(next.Plugins), Prune: true}
+	switch {
+	case next.Converge:
+		return d
+	case d.Converge || next.Prune:
+		return Declaration{Plugins: Fold(next.Plugins), Prune: next.Prune}
 	}
 	return Declaration{Plugins: Fold(d.Plugins, next.Plugins), Prune: d.Prune}
 }
@@ -105,6 +113,9 @@ func (d Declaration) Then(next Declaration) Declaration {
 func (d Declaration) Validate() error {
 	if d.Prune && len(d.Plugins) == 0 {
 		return errors.New("Prune: refused with no Plugins declared: it would remove every plugin from the box")
+	}
+	if d.Prune && d.Converge {
+		return errors.New("Prune: refused with Converge, which reconciles the stored declaration as it stands")
 	}
 	return validatePlugins(d.Plugins)
 }
@@ -119,10 +130,12 @@ func (in ReconcileInput) Validate() error {
 	if in.MaxParallel < 0 || in.MaxParallel > 64 {
 		return fmt.Errorf("MaxParallel %d must be between 0 and 64", in.MaxParallel)
 	}
-	if in.Prune && in.Converge {
-		return errors.New("Prune: refused with Converge, which reconciles the stored declaration as it stands")
-	}
-	return Declaration{Plugins: in.Plugins, Prune: in.Prune}.Validate()
+	return in.declaration().Validate()
+}
+
+// declaration is the input's own declaration.
+func (in ReconcileInput) declaration() Declaration {
+	return Declaration{Plugins: in.Plugins, Prune: in.Prune, Converge: in.Converge}
 }
 
 func validatePlugins(ps []Plugin) error {
@@ -351,7 +364,7 @@ func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.Work
 			StaticSummary:            fmt.Sprintf("plan for %s: %d plugins", in.WorkspaceID, len(in.Plugins)),
 		}, ReconcileWorkspace, in)
 	}
-	return c.SignalWithStartWorkflow(ctx, ReconcileWorkflowID(in.WorkspaceID), SignalDeclare, Declaration{Plugins: in.Plugins, Prune: in.Prune},
+	return c.SignalWithStartWorkflow(ctx, ReconcileWorkflowID(in.WorkspaceID), SignalDeclare, in.declaration(),
 		client.StartWorkflowOptions{
 			TaskQueue:             TaskQueue,
 			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
@@ -401,8 +414,8 @@ func Fold(declarations ...[]Plugin) []Plugin {
 // it stood at its end: its start input with every declaration signalled to
 // it folded in (Declaration.Then), for real (not a dry run), and without
 // the sweep's restart gate, which belonged to that run's sweep. A sweep's
-// run (Converge) that was signalled retries as the signals' declaration,
-// which its stored declaration was converged with.
+// run (Converge) retries as Converge, or, if it was signalled a
+// declaration, as that declaration.
 func RetryInput(ctx context.Context, c client.Client, workspaceID string) (ReconcileInput, error) {
 	id := ReconcileWorkflowID(workspaceID)
 	var in ReconcileInput
@@ -419,9 +432,8 @@ func RetryInput(ctx context.Context, c client.Client, workspaceID string) (Recon
 			if err := dc.FromPayloads(a.GetInput(), &in); err != nil {
 				return in, fmt.Errorf("decode the input of %s: %w", id, err)
 			}
-			if !in.Converge {
-				folded = &Declaration{Plugins: in.Plugins, Prune: in.Prune}
-			}
+			d := in.declaration()
+			folded = &d
 			started = true
 			continue
 		}
@@ -431,8 +443,7 @@ func RetryInput(ctx context.Context, c client.Client, workspaceID string) (Recon
 				continue // the run dropped it too
 			}
 			if folded == nil {
-				folded = &d
-				continue
+				continue // signalled before the start event: not this run's
 			}
 			next := folded.Then(d)
 			folded = &next
@@ -441,9 +452,7 @@ func RetryInput(ctx context.Context, c client.Client, workspaceID string) (Recon
 	if !started {
 		return in, fmt.Errorf("%s has no run to retry", id)
 	}
-	if folded != nil {
-		in.Plugins, in.Prune, in.Converge = folded.Plugins, folded.Prune, false
-	}
+	in.Plugins, in.Prune, in.Converge = folded.Plugins, folded.Prune, folded.Converge
 	in.DryRun, in.RestartGate = false, ""
 	return in, in.Validate()
 }

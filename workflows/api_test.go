@@ -82,17 +82,27 @@ func TestDeclarationThen(t *testing.T) {
 		{"a prune replaces what came before", []Declaration{{Plugins: []Plugin{d1}}, {Plugins: []Plugin{a1, b1}, Prune: true}}, Declaration{Plugins: []Plugin{a1, b1}, Prune: true}},
 		{"an addition after a prune keeps the prune", []Declaration{{Plugins: []Plugin{a1, b1}, Prune: true}, {Plugins: []Plugin{c1}}}, Declaration{Plugins: []Plugin{a1, b1, c1}, Prune: true}},
 		{"the later prune wins", []Declaration{{Plugins: []Plugin{a1}, Prune: true}, {Plugins: []Plugin{b1}, Prune: true}}, Declaration{Plugins: []Plugin{b1}, Prune: true}},
+		{"a converge after a prune changes nothing", []Declaration{{Plugins: []Plugin{a2, b1}, Prune: true}, {Plugins: stored, Converge: true}}, Declaration{Plugins: []Plugin{a2, b1}, Prune: true}},
+		{"a declaration after a converge is the declaration", []Declaration{{Plugins: stored, Converge: true}, {Plugins: []Plugin{a2}}}, Declaration{Plugins: []Plugin{a2}}},
+		{"converges fold into one", []Declaration{{Plugins: stored, Converge: true}, {Plugins: []Plugin{a1}, Converge: true}}, Declaration{Plugins: stored, Converge: true}},
+	}
+	// record is what recording each declaration in turn stores.
+	record := func(cur []Plugin, d Declaration) []Plugin {
+		if d.Converge {
+			return cur
+		}
+		return reconcile.Declare(cur, d.Plugins, d.Prune)
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			folded := tt.burst[0]
-			inTurn := reconcile.Declare(stored, folded.Plugins, folded.Prune)
+			inTurn := record(stored, folded)
 			for _, d := range tt.burst[1:] {
 				folded = folded.Then(d)
-				inTurn = reconcile.Declare(inTurn, d.Plugins, d.Prune)
+				inTurn = record(inTurn, d)
 			}
 			require.Equal(t, tt.want, folded)
-			require.Equal(t, inTurn, reconcile.Declare(stored, folded.Plugins, folded.Prune), "folding then recording = recording each")
+			require.Equal(t, inTurn, record(stored, folded), "folding then recording = recording each")
 		})
 	}
 }

@@ -108,7 +108,7 @@ func TestAPruneSignalledMidRunIsFoldedIn(t *testing.T) {
 // sweep listed earlier does not bring back a plugin pruned meanwhile.
 func TestConvergeKeepsTheStoredDeclaration(t *testing.T) {
 	m := declaredModel()
-	m.declared, m.generation = five()[:4], 2 // e was pruned after the sweep listed the workspace
+	m.declared, m.owed, m.generation = five()[:4], []string{"e"}, 2 // e was pruned after the sweep listed the workspace
 	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), Converge: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, five()[:4], m.declared)
@@ -137,4 +137,97 @@ func TestAFailedPluginLeavesTheGenerationUnobserved(t *testing.T) {
 	require.Equal(t, 1, res.RestartsDone())
 	require.Equal(t, int64(1), m.observed)
 	require.False(t, res.drift())
+}
+
+// A declaration that arrives while the run observes its generation (its
+// last wait) is not dropped by the run's end: it makes a round of its own.
+func TestADeclarationDuringTheObserveIsNotLost(t *testing.T) {
+	m := declaredModel()
+	delete(m.onBox, "a")
+	m.onBox["g"] = "1.0.0"
+	m.observeTakes = time.Minute
+	f, g := Plugin{Name: "f", Version: "1.0.0"}, Plugin{Name: "g", Version: "1.0.0"}
+	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: append(five(), g)}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.RegisterDelayedCallback(func() {
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{f}})
+		}, 30*time.Second)
+	})
+	require.NoError(t, err)
+	require.Contains(t, m.declared, f, "the declaration was recorded")
+	require.Equal(t, "1.0.0", m.onBox["f"], "and delivered")
+	require.Equal(t, 2, m.restarts, "a round of its own, with its own restart")
+	require.Equal(t, m.generation, m.observed)
+}
+
+// A declaration that arrives while the run records one that changes
+// nothing is taken too: the run looks again before it ends.
+func TestADeclarationDuringARecordThatChangesNothingIsNotLost(t *testing.T) {
+	m := declaredModel()
+	delete(m.onBox, "a")
+	m.restartTakes, m.recordTakes = time.Minute, time.Minute
+	f := Plugin{Name: "f", Version: "1.0.0"}
+	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.RegisterDelayedCallback(func() { // during the restart: changes nothing
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: five()[:2]})
+		}, 90*time.Second)
+		env.RegisterDelayedCallback(func() { // during that declaration's record
+			env.SignalWorkflow(SignalDeclare, Declaration{Plugins: []Plugin{f}})
+		}, 150*time.Second)
+	})
+	require.NoError(t, err)
+	require.Contains(t, m.declared, f)
+	require.Equal(t, "1.0.0", m.onBox["f"])
+	require.Equal(t, 2, m.restarts)
+	require.Equal(t, m.generation, m.observed)
+}
+
+// A removal an earlier attempt made (it renamed the plugin and died) is
+// found already done by the retry; the round still counts it, so the
+// restart it owes is decided from the box, and a round whose restart state
+// could not be read does not observe the generation.
+func TestARemovalFoundDoneStillCountsAsAChange(t *testing.T) {
+	m := declaredModel()
+	delete(m.onBox, "e") // an earlier attempt removed it
+	m.marks["e"] = m.identity
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()[:4], Prune: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, ActionRemoved, byName(res)["e"].Action)
+	require.False(t, byName(res)["e"].Changed)
+	require.Equal(t, 1, m.restarts, "the journal owes it")
+	require.Contains(t, res.Restart.Reason, "1 removed")
+}
+
+// A converge trigger (the starter without --plugin, read before a Prune
+// was recorded) that joins the running Prune reconcile declares nothing:
+// it brings back no plugin the Prune dropped.
+func TestAConvergeTriggerDoesNotUndoAPrune(t *testing.T) {
+	m := declaredModel()
+	m.deliverTakes = time.Minute
+	delete(m.onBox, "a")
+	_, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()[:3], Prune: true}, func(env *testsuite.TestWorkflowEnvironment) {
+		env.RegisterDelayedCallback(func() {
+			env.SignalWorkflow(SignalDeclare, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), Converge: true}.declaration())
+		}, 10*time.Second)
+	})
+	require.NoError(t, err)
+	require.Equal(t, five()[:3], m.declared)
+	require.NotContains(t, m.onBox, "d")
+	require.NotContains(t, m.onBox, "e")
+	require.Equal(t, m.generation, m.observed)
+}
+
+// A child of a sweep started before sweeps said Converge (RestartGate set,
+// Converge not) converges too: the plugins that sweep listed earlier do
+// not bring back one pruned since.
+func TestAnOldSweepsChildConverges(t *testing.T) {
+	m := declaredModel()
+	m.declared, m.generation, m.observed = five()[:4], 2, 2 // e pruned and removed after the sweep listed the workspace
+	delete(m.onBox, "e")
+	delete(m.tracked, "e")
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five(), RestartGate: "sweep-fleet"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, five()[:4], m.declared)
+	require.NotContains(t, m.onBox, "e")
+	require.Zero(t, m.deliveries+m.restarts)
+	require.Equal(t, 4, res.Count(ActionRecorded))
 }

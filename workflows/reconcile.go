@@ -84,18 +84,42 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 			}
 			return r.fail(ctx, err)
 		}
-		switch end, err := r.endRound(ctx); end {
+		end, err := r.endRound(ctx)
+		switch end {
 		case roundCancelled:
 			return r.cancelled(ctx)
 		case roundFailed:
 			return r.fail(ctx, err)
-		case roundLast:
+		}
+		// A declaration that arrived during the restart (or while the
+		// generation was observed) makes a round of its own; the run ends
+		// only in the workflow task that found none waiting.
+		if w, err = r.settle(ctx, end == roundNext); err == nil && w.empty() {
 			return r.finish(ctx)
 		}
-		// A declaration that arrived during the restart makes a round of
-		// its own.
-		if w, err = r.drain(ctx); err == nil && w.empty() {
-			return r.finish(ctx)
+	}
+}
+
+// settle observes the generation when the round reconciled it in full
+// (observe: the round's restart state was read and acted on), then takes
+// the declarations waiting, and again until none is: what they ask for is
+// the next round's work. Every wait here is an activity, during which a
+// new declaration may arrive; only the last look, which found none, is in
+// the workflow task that finishes the run.
+func (r *run) settle(ctx workflow.Context, observe bool) (work, error) {
+	for {
+		if observe && r.declared && !r.in.DryRun && r.count(ActionFailed) == 0 && r.observed < r.generation {
+			// Every declared plugin is recorded or delivered, every one owed
+			// a removal removed, and the restart is done.
+			octx := withActivity(ctx, fmt.Sprintf("observe generation %d of %s", r.generation, r.ws.ID), 30*time.Second, storeRetry)
+			if err := workflow.ExecuteActivity(octx, reconcile.ActivityObserveDeclaration, reconcile.ObserveInput{WorkspaceID: r.ws.ID, Generation: r.generation}).Get(ctx, nil); err != nil {
+				return work{}, err
+			}
+			r.observed = r.generation
+		}
+		w, recorded, err := r.drainOnce(ctx)
+		if err != nil || !w.empty() || !recorded {
+			return w, err
 		}
 	}
 }
@@ -133,15 +157,17 @@ func (r *run) start(ctx workflow.Context) (work, error) {
 		}
 		return work{plugins: r.in.Plugins}, r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
 	}
-	in := reconcile.DeclareInput{WorkspaceID: r.in.WorkspaceID, Plugins: r.in.Plugins, Prune: r.in.Prune, Converge: r.in.Converge, DryRun: r.in.DryRun}
-	if !r.in.Converge {
-		// A trigger's own declaration comes with it as a signal, and others
-		// may be waiting: one record for all of them.
-		if d, ok := r.waiting(); ok {
-			d = Declaration{Plugins: in.Plugins, Prune: in.Prune}.Then(d)
-			in.Plugins, in.Prune = d.Plugins, d.Prune
-		}
+	// A sweep's child converges to the stored declaration; one started by
+	// a sweep from before sweeps said so (RestartGate set, Converge not)
+	// too, rather than re-declare the plugins that sweep read.
+	d := r.in.declaration()
+	d.Converge = d.Converge || r.in.RestartGate != ""
+	// A trigger's own declaration comes with it as a signal, and others may
+	// be waiting: one record for all of them.
+	if next, ok := r.waiting(); ok {
+		d = d.Then(next)
 	}
+	in := reconcile.DeclareInput{WorkspaceID: r.in.WorkspaceID, Plugins: d.Plugins, Prune: d.Prune, Converge: d.Converge, DryRun: r.in.DryRun}
 	w, err := r.record(ctx, in)
 	if err != nil {
 		return work{}, err
@@ -258,17 +284,9 @@ func (r *run) clear(ctx workflow.Context, facts reconcile.RestartFacts) error {
 }
 
 // finish reports: the result, the outcome searchable, and a failure naming
-// the plugins that failed.
+// the plugins that failed. It waits on nothing, so no declaration can
+// arrive unread between the last look (settle) and the run's end.
 func (r *run) finish(ctx workflow.Context) (ReconcileResult, error) {
-	if r.declared && !r.in.DryRun && r.count(ActionFailed) == 0 && r.observed < r.generation {
-		// Every declared plugin is recorded or delivered, every undeclared
-		// one removed, and the restart is done: the generation is observed.
-		octx := withActivity(ctx, fmt.Sprintf("observe generation %d of %s", r.generation, r.ws.ID), 30*time.Second, storeRetry)
-		if err := workflow.ExecuteActivity(octx, reconcile.ActivityObserveDeclaration, reconcile.ObserveInput{WorkspaceID: r.ws.ID, Generation: r.generation}).Get(ctx, nil); err != nil {
-			return r.fail(ctx, err)
-		}
-		r.observed = r.generation
-	}
 	res := r.result()
 	workflow.GetLogger(ctx).Info("reconcile finished", "workspace", r.ws.ID, "summary", res.Summary)
 	updates := []temporal.SearchAttributeUpdate{SearchOutcome.ValueSet(res.Outcome)}
@@ -467,7 +485,10 @@ func (r *run) reconcile(ctx workflow.Context, w work) {
 			switch {
 			case res.Action == ActionDelivered || res.Action == ActionWouldDeliver:
 				r.roundDelivered++
-			case res.Action == ActionRemoved && res.Changed, res.Action == ActionWouldRemove:
+			case res.Action == ActionRemoved, res.Action == ActionWouldRemove:
+				// Counted whether or not this attempt found the plugin there:
+				// an earlier attempt may have renamed it and died; the box's
+				// journal decides whether a restart is owed.
 				r.roundRemoved++
 			}
 			workflow.SetCurrentDetails(ctx, r.details())
@@ -487,17 +508,31 @@ func (r *run) reconcile(ctx workflow.Context, w work) {
 	}
 }
 
-// drain takes every waiting declaration and returns what is left to do:
-// since declarations are kept, what the recorded declaration changed (see
-// record); before, the plugins not yet reconciled at their declared
-// version (a failed one is tried again).
+// drain takes every waiting declaration and returns what is left to do
+// (see drainOnce), until a look finds none waiting or work to do.
 func (r *run) drain(ctx workflow.Context) (work, error) {
+	for {
+		w, recorded, err := r.drainOnce(ctx)
+		if err != nil || !w.empty() || !recorded {
+			return w, err
+		}
+	}
+}
+
+// drainOnce takes every waiting declaration and returns what is left to
+// do: since declarations are kept, what the recorded declaration asks
+// (see record), and whether there was one to record (a declaration that
+// changes nothing is recorded too, and others may have arrived meanwhile);
+// before, the plugins not yet reconciled at their declared version (a
+// failed one is tried again).
+func (r *run) drainOnce(ctx workflow.Context) (work, bool, error) {
 	if r.declared {
 		d, ok := r.waiting()
 		if !ok {
-			return work{}, nil
+			return work{}, false, nil
 		}
-		return r.record(ctx, reconcile.DeclareInput{WorkspaceID: r.in.WorkspaceID, Plugins: d.Plugins, Prune: d.Prune, DryRun: r.in.DryRun})
+		w, err := r.record(ctx, reconcile.DeclareInput{WorkspaceID: r.in.WorkspaceID, Plugins: d.Plugins, Prune: d.Prune, Converge: d.Converge, DryRun: r.in.DryRun})
+		return w, true, err
 	}
 	ch := r.declarations
 	var out []Plugin
@@ -505,7 +540,7 @@ func (r *run) drain(ctx workflow.Context) (work, error) {
 	for {
 		var d Declaration
 		if !ch.ReceiveAsync(&d) {
-			return work{plugins: out}, nil
+			return work{plugins: out}, false, nil
 		}
 		if validatePlugins(d.Plugins) != nil {
 			continue // a trigger validated its input; a bad signal is dropped

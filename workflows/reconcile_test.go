@@ -28,14 +28,15 @@ type model struct {
 	marks       map[string]string // plugin -> identity after swap
 	identity    string
 
-	deliverTakes, restartTakes time.Duration
+	deliverTakes, restartTakes, recordTakes, observeTakes time.Duration
 
 	probes, deliveries, records, restarts, clears int
 	recorded                                      map[string]string // plugin -> via
 	tracked                                       map[string]string // plugin -> tracked version
 
-	// The stored declaration.
+	// The stored declaration and the removals it owes.
 	declared             []Plugin
+	owed                 []string
 	generation, observed int64
 	removals, forgets    int
 }
@@ -46,23 +47,26 @@ func newModel(onBox map[string]string) *model {
 
 // declare is the store's Declare on the model.
 func (m *model) declare(in reconcile.DeclareInput) reconcile.Declared {
-	next := reconcile.Declare(m.declared, in.Plugins, in.Prune)
-	if in.Converge && m.generation > 0 {
-		next = m.declared
+	var stored *reconcile.Desired
+	if m.generation > 0 {
+		stored = &reconcile.Desired{Plugins: m.declared, Removals: m.owed}
 	}
-	declared, generation := m.declared, m.generation
-	if generation == 0 || !slices.Equal(next, declared) {
-		declared, generation = next, generation+1
+	var tracked []Plugin
+	for name, v := range m.tracked {
+		tracked = append(tracked, Plugin{Name: name, Version: v})
+	}
+	slices.SortFunc(tracked, func(a, b Plugin) int { return strings.Compare(a.Name, b.Name) })
+	next := reconcile.NextDesired(stored, tracked, in)
+	declared, owed, generation := m.declared, m.owed, m.generation
+	if stored == nil || !slices.Equal(next.Plugins, declared) || !slices.Equal(next.Removals, owed) {
+		declared, owed, generation = next.Plugins, next.Removals, generation+1
 	}
 	d := reconcile.Declared{Workspace: ws, Generation: generation, Observed: m.observed, Plugins: declared}
-	for name, v := range m.tracked {
-		if !slices.ContainsFunc(declared, func(p Plugin) bool { return p.Name == name }) {
-			d.Undeclared = append(d.Undeclared, Plugin{Name: name, Version: v})
-		}
+	for _, name := range owed {
+		d.Undeclared = append(d.Undeclared, Plugin{Name: name, Version: m.tracked[name]})
 	}
-	slices.SortFunc(d.Undeclared, func(a, b Plugin) int { return strings.Compare(a.Name, b.Name) })
 	if !in.DryRun {
-		m.declared, m.generation = declared, generation
+		m.declared, m.owed, m.generation = declared, owed, generation
 	}
 	return d
 }
@@ -80,7 +84,11 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		}
 		return ws, nil
 	}).Maybe()
-	env.OnActivity(reconcile.ActivityRecordDeclaration, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.DeclareInput) (reconcile.Declared, error) {
+	record := env.OnActivity(reconcile.ActivityRecordDeclaration, mock.Anything, mock.Anything)
+	if m.recordTakes > 0 {
+		record = record.After(m.recordTakes)
+	}
+	record.Return(func(_ context.Context, in reconcile.DeclareInput) (reconcile.Declared, error) {
 		if in.WorkspaceID != ws.ID {
 			return reconcile.Declared{}, temporal.NewNonRetryableApplicationError("workspace "+in.WorkspaceID+" is not registered", reconcile.ErrUnknownWorkspace, nil)
 		}
@@ -88,7 +96,11 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		defer m.mu.Unlock()
 		return m.declare(in), nil
 	}).Maybe()
-	env.OnActivity(reconcile.ActivityObserveDeclaration, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ObserveInput) error {
+	observe := env.OnActivity(reconcile.ActivityObserveDeclaration, mock.Anything, mock.Anything)
+	if m.observeTakes > 0 {
+		observe = observe.After(m.observeTakes)
+	}
+	observe.Return(func(_ context.Context, in reconcile.ObserveInput) error {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.observed = max(m.observed, in.Generation)
@@ -110,6 +122,7 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		defer m.mu.Unlock()
 		m.forgets++
 		delete(m.tracked, in.Plugin)
+		m.owed = slices.DeleteFunc(m.owed, func(n string) bool { return n == in.Plugin })
 		return nil
 	}).Maybe()
 	env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ProbeInput) (reconcile.Probe, error) {
