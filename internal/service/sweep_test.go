@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service/servicetest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -22,7 +23,8 @@ var sweepPlugins = []workflows.Plugin{{Name: "github-tools", Version: "1.2.0"}, 
 
 // fleetOf boots n workspaces whose boxes hold both sweep plugins, except
 // that drifted(i) boxes lost code-review, and records their tracking rows
-// as an earlier reconcile would have.
+// and declarations, reconciled in full, as an earlier reconcile would
+// have: the fleet in its steady state.
 func fleetOf(t *testing.T, s *servicetest.Stack, prefix string, n int, drifted func(int) bool) []*fleet.Box {
 	boxes := make([]*fleet.Box, n)
 	for i := range n {
@@ -37,6 +39,9 @@ func fleetOf(t *testing.T, s *servicetest.Stack, prefix string, n int, drifted f
 				WorkspaceID: ws, PluginName: p.Name, Version: p.Version, InstalledVia: "boot", WorkflowID: "seed", RunID: "seed",
 			}))
 		}
+		d, _, err := s.Service.Store.Declare(ctx(t), reconcile.DeclareInput{WorkspaceID: ws, Plugins: sweepPlugins}, "seed", "seed")
+		require.NoError(t, err)
+		require.NoError(t, s.Service.Store.Observe(ctx(t), ws, d.Generation))
 	}
 	return boxes
 }
@@ -89,8 +94,12 @@ func TestSweepFleetWindowRestartPacingAndContinueAsNew(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, run.GetRunID(), again.GetRunID())
 
+	// 300 reconciles take about three minutes on two cores, and more when
+	// other packages' tests share them.
+	long, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	var rep workflows.SweepReport
-	require.NoError(t, s.Client.GetWorkflow(ctx(t), workflows.SweepWorkflowID, "").Get(ctx(t), &rep))
+	require.NoError(t, s.Client.GetWorkflow(long, workflows.SweepWorkflowID, "").Get(long, &rep))
 	stopInFlight()
 	stopRestarting()
 
