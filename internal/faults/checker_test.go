@@ -221,11 +221,11 @@ func (s schedule) desired() [][]workflows.Plugin {
 
 // touched reports whether the schedule cancelled, terminated or reset
 // ws's reconcile. Such a run may end before it records a declaration that
-// was signalled to it (a cancel is the operator's word), or leave a
-// plugin swapped onto the box and never tracked; the last trigger's Prune
-// puts the declaration right either way, so for such a workspace the
-// checker does not require the declaration stored before it, nor a box
-// without strays.
+// was signalled to it (a cancel is the operator's word), and an attempt of
+// its delivery may still be running when it ends and swap its plugin in
+// after a later run removed it; the last trigger's Prune puts the
+// declaration right, so for such a workspace the checker does not require
+// the declaration stored before it, nor a box without strays.
 func (s schedule) touched(ws int) bool {
 	for _, e := range s.Events {
 		if e.WS == ws && (e.Kind == evCancel || e.Kind == evTermRetry || e.Kind == evReset) {
