@@ -17,6 +17,7 @@ const (
 	ActivityObserveDeclaration  = "ObserveDeclaration"
 	ActivityRemoveViaEIC        = "RemoveViaEIC"
 	ActivityForgetTracking      = "ForgetTracking"
+	ActivityClaimBoxQueue       = "ClaimBoxQueue"
 )
 
 // Error types of permanent failures. Workflows list them as non-retryable;
