@@ -23,6 +23,7 @@ func TestActivityNamesAreTheMethods(t *testing.T) {
 		reconcile.ActivityDeliverViaEIC, reconcile.ActivityReadRestartFacts, reconcile.ActivityClearRestartPending,
 		reconcile.ActivityRestartBox, reconcile.ActivityListWorkspaces, reconcile.ActivityRecordDeclaration,
 		reconcile.ActivityObserveDeclaration, reconcile.ActivityRemoveViaEIC, reconcile.ActivityForgetTracking,
+		reconcile.ActivityClaimBoxQueue,
 	}
 	require.ElementsMatch(t, names, methods)
 }
