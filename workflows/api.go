@@ -20,7 +20,7 @@ import (
 )
 
 // TaskQueue is the task queue the reconciler's workers poll.
-const TaskQueue = "plugin-reconcile"
+const TaskQueue = reconcile.TaskQueue
 
 // SignalDeclare carries a newer declaration (Declaration) to a running
 // reconcile: its plugins are reconciled before the restart decision.

@@ -32,6 +32,7 @@ func TestGatedRestartTakesAndReturnsOnePermit(t *testing.T) {
 			box := reconcile.Box{ID: "ws-1", InstanceID: "i-0123456789abcdef0", OSUser: "ubuntu", PluginRoot: "/opt/agent/plugins"}
 			env.OnActivity(reconcile.ActivityRecordDeclaration, mock.Anything, mock.Anything).Return(
 				reconcile.Declared{Workspace: box, Generation: 1, Observed: 1, Plugins: []reconcile.Plugin{{Name: "a", Version: "1"}}}, nil)
+			env.OnActivity(reconcile.ActivityClaimBoxQueue, mock.Anything, mock.Anything).Return(reconcile.BoxRoute{}, nil)
 			env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(reconcile.Probe{Present: true, Version: "1"}, nil)
 			env.OnActivity(reconcile.ActivityRecordTracking, mock.Anything, mock.Anything).Return(nil)
 			facts := reconcile.RestartFacts{JournalRead: true, CurrentIdentity: "r1"}

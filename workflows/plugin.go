@@ -17,6 +17,9 @@ type PluginInput struct {
 	// Remove: the plugin is tracked but no longer declared; Plugin.Version
 	// is the tracked one.
 	Remove bool `json:",omitempty"`
+	// BoxQueue is the worker's own task queue the box work goes to (see
+	// route.go); "" is the shared queue.
+	BoxQueue string `json:",omitempty"`
 }
 
 // ReconcilePlugin probes one plugin on the box, then records it (already
@@ -28,13 +31,14 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 	}
 	ws, p := in.Workspace, in.Plugin
 	res := PluginResult{Name: p.Name, Version: p.Version}
+	route := routeFor(ws.ID, in.BoxQueue)
 
 	var probe reconcile.Probe
 	// A probe is one short command on a shared connection; 45 s covers a
 	// fresh connection (20 s dial), and its heartbeat notices a dead worker
 	// in 20 s.
-	pctx := withBoxActivity(ctx, fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second)
-	if err := workflow.ExecuteActivity(pctx, reconcile.ActivityProbeManifest, reconcile.ProbeInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &probe); err != nil {
+	popts := boxOptions(fmt.Sprintf("probe %s on %s", p, ws.InstanceID), 45*time.Second)
+	if err := route.exec(ctx, popts, reconcile.ActivityProbeManifest, reconcile.ProbeInput{Workspace: ws, Plugin: p.Name}, &probe); err != nil {
 		return res, err
 	}
 	verdict := reconcile.DecidePlugin(p, probe)
@@ -55,13 +59,8 @@ func ReconcilePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error)
 	res.Action = ActionRecorded
 	if deliver {
 		var d reconcile.Delivery
-		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			StartToCloseTimeout: 15 * time.Minute,
-			HeartbeatTimeout:    20 * time.Second,
-			RetryPolicy:         boxRetry,
-			Summary:             fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, res.Reason),
-		})
-		if err := workflow.ExecuteActivity(dctx, reconcile.ActivityDeliverViaEIC, reconcile.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version, Digest: p.Digest}).Get(ctx, &d); err != nil {
+		dopts := boxOptions(fmt.Sprintf("deliver %s to %s (%s)", p, ws.InstanceID, res.Reason), 15*time.Minute)
+		if err := route.exec(ctx, dopts, reconcile.ActivityDeliverViaEIC, reconcile.DeliverInput{Workspace: ws, Plugin: p.Name, Version: p.Version, Digest: p.Digest}, &d); err != nil {
 			return res, err
 		}
 		track.Digest, track.Via = d.Digest, reconcile.ViaReconcile
@@ -85,8 +84,8 @@ func removePlugin(ctx workflow.Context, in PluginInput) (PluginResult, error) {
 		return res, nil
 	}
 	var rm reconcile.Removal
-	rctx := withBoxActivity(ctx, fmt.Sprintf("remove %s from %s (no longer declared)", p.Name, ws.InstanceID), 5*time.Minute)
-	if err := workflow.ExecuteActivity(rctx, reconcile.ActivityRemoveViaEIC, reconcile.RemoveInput{Workspace: ws, Plugin: p.Name}).Get(ctx, &rm); err != nil {
+	ropts := boxOptions(fmt.Sprintf("remove %s from %s (no longer declared)", p.Name, ws.InstanceID), 5*time.Minute)
+	if err := routeFor(ws.ID, in.BoxQueue).exec(ctx, ropts, reconcile.ActivityRemoveViaEIC, reconcile.RemoveInput{Workspace: ws, Plugin: p.Name}, &rm); err != nil {
 		return res, err
 	}
 	fctx := withActivity(ctx, fmt.Sprintf("forget %s for %s", p.Name, ws.ID), 30*time.Second, storeRetry)

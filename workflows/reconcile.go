@@ -39,17 +39,6 @@ var (
 	}
 )
 
-// withBoxActivity is withActivity for a short box activity, which
-// heartbeats: a worker that dies during it is noticed in 20 s.
-func withBoxActivity(ctx workflow.Context, summary string, startToClose time.Duration) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: startToClose,
-		HeartbeatTimeout:    20 * time.Second,
-		RetryPolicy:         boxRetry,
-		Summary:             summary,
-	})
-}
-
 func withActivity(ctx workflow.Context, summary string, startToClose time.Duration, retry *temporal.RetryPolicy) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: startToClose,
@@ -69,6 +58,9 @@ func ReconcileWorkspace(ctx workflow.Context, in ReconcileInput) (ReconcileResul
 	}
 	r := &run{in: in, results: map[string]PluginResult{}, reconciled: map[string]Plugin{}, declarations: workflow.GetSignalChannel(ctx, SignalDeclare)}
 	w, err := r.start(ctx)
+	if err == nil {
+		err = r.routeBox(ctx)
+	}
 	for {
 		// Reconcile until no newer declaration is waiting, so that a burst
 		// of triggers leads to one restart decision.
@@ -175,6 +167,17 @@ func (r *run) start(ctx workflow.Context) (work, error) {
 	return w, r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
 }
 
+// routeBox picks the worker for the box's work (see route.go); runs
+// started before routes keep the shared queue.
+func (r *run) routeBox(ctx workflow.Context) error {
+	if workflow.GetVersion(ctx, "box-affinity", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return nil
+	}
+	q, err := claimBoxQueue(ctx, r.ws.ID, nil)
+	r.route = routeFor(r.ws.ID, q)
+	return err
+}
+
 // roundEnd is how a round ended.
 type roundEnd int
 
@@ -194,8 +197,7 @@ func (r *run) endRound(ctx workflow.Context) (roundEnd, error) {
 	// counts in that round too).
 	round := reconcile.RestartRound{Delivered: r.roundDelivered, Removed: r.roundRemoved, Present: r.count(ActionRecorded, ActionWouldRecord), DryRun: r.in.DryRun}
 	r.roundDelivered, r.roundRemoved = 0, 0
-	fctx := withBoxActivity(ctx, "read restart state of "+ws.InstanceID, 45*time.Second)
-	if err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, ws).Get(ctx, &facts); err != nil {
+	if err := r.route.exec(ctx, boxOptions("read restart state of "+ws.InstanceID, 45*time.Second), reconcile.ActivityReadRestartFacts, ws, &facts); err != nil {
 		if round.Delivered+round.Removed > 0 || ctx.Err() != nil {
 			return roundFailed, err
 		}
@@ -244,7 +246,7 @@ func (r *run) restartBox(ctx workflow.Context, d reconcile.RestartDecision) erro
 	release := restartGate(r.in.RestartGate).acquire(ctx, r.restarts)
 	defer release()
 	var out reconcile.RestartOutcome
-	rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+	opts := workflow.ActivityOptions{
 		// One restart per round, under a deterministic ID; the activity
 		// sees through the one restart the box owes.
 		ActivityID:          fmt.Sprintf("restart-%d", r.restarts),
@@ -256,8 +258,8 @@ func (r *run) restartBox(ctx workflow.Context, d reconcile.RestartDecision) erro
 		ScheduleToCloseTimeout: 2 * time.Hour,
 		RetryPolicy:            restartRetry,
 		Summary:                fmt.Sprintf("restart %s: %s", r.ws.InstanceID, d.Reason),
-	})
-	if err := workflow.ExecuteActivity(rctx, reconcile.ActivityRestartBox, reconcile.RestartInput{Workspace: r.ws, Reason: d.Reason}).Get(ctx, &out); err != nil {
+	}
+	if err := r.route.exec(ctx, opts, reconcile.ActivityRestartBox, reconcile.RestartInput{Workspace: r.ws, Reason: d.Reason}, &out); err != nil {
 		return err
 	}
 	r.restart.Done, r.restart.Mode = out.Done(), out.Mode
@@ -368,9 +370,9 @@ func (r *run) cancelled(ctx workflow.Context) (ReconcileResult, error) {
 	r.cancel = true
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	var facts reconcile.RestartFacts
-	fctx := withActivity(dctx, "read restart state of "+r.ws.InstanceID+" after cancel", 30*time.Second,
-		&temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: permanent})
-	err := workflow.ExecuteActivity(fctx, reconcile.ActivityReadRestartFacts, r.ws).Get(dctx, &facts)
+	fopts := workflow.ActivityOptions{StartToCloseTimeout: 30 * time.Second, Summary: "read restart state of " + r.ws.InstanceID + " after cancel",
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: permanent}}
+	err := r.route.exec(dctx, fopts, reconcile.ActivityReadRestartFacts, r.ws, &facts)
 	switch d := reconcile.DecideRestart(reconcile.RestartRound{}, facts); {
 	case err != nil:
 		r.restart = RestartReport{Needed: true, Reason: "cancelled; could not read the restart state (" + rootMessage(err) + "): the next reconcile decides"}
@@ -401,6 +403,7 @@ func pluginNames(ps []Plugin) []string {
 type run struct {
 	in             ReconcileInput
 	ws             reconcile.Box
+	route          *boxRoute // where the box work goes (nil: the shared queue)
 	order          []string
 	results        map[string]PluginResult
 	restart        RestartReport   // the current round's
@@ -429,10 +432,10 @@ func (r *run) reconcile(ctx workflow.Context, w work) {
 	parentID := workflow.GetInfo(ctx).WorkflowExecution.ID
 	children := make([]PluginInput, 0, len(w.plugins)+len(w.remove))
 	for _, p := range w.plugins {
-		children = append(children, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun})
+		children = append(children, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun, BoxQueue: r.route.taskQueue()})
 	}
 	for _, p := range w.remove {
-		children = append(children, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun, Remove: true})
+		children = append(children, PluginInput{Workspace: r.ws, Plugin: p, DryRun: r.in.DryRun, Remove: true, BoxQueue: r.route.taskQueue()})
 	}
 	for _, c := range children {
 		p := c.Plugin

@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -33,6 +35,14 @@ type model struct {
 	probes, deliveries, records, restarts, clears int
 	recorded                                      map[string]string // plugin -> via
 	tracked                                       map[string]string // plugin -> tracked version
+
+	// Box routes: claim picks a worker's queue (nil: none, the shared
+	// queue); claims are the picks asked for; probeQueues the queues the
+	// probes ran on; dead queues time out before they start.
+	claim       func(reconcile.ClaimInput) string
+	claims      []reconcile.ClaimInput
+	probeQueues []string
+	dead        map[string]bool
 
 	// The stored declaration and the removals it owes.
 	declared             []Plugin
@@ -84,6 +94,15 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		}
 		return ws, nil
 	}).Maybe()
+	env.OnActivity(reconcile.ActivityClaimBoxQueue, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ClaimInput) (reconcile.BoxRoute, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.claims = append(m.claims, in)
+		if m.claim == nil {
+			return reconcile.BoxRoute{}, nil
+		}
+		return reconcile.BoxRoute{TaskQueue: m.claim(in)}, nil
+	}).Maybe()
 	record := env.OnActivity(reconcile.ActivityRecordDeclaration, mock.Anything, mock.Anything)
 	if m.recordTakes > 0 {
 		record = record.After(m.recordTakes)
@@ -125,10 +144,15 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		m.owed = slices.DeleteFunc(m.owed, func(n string) bool { return n == in.Plugin })
 		return nil
 	}).Maybe()
-	env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(func(_ context.Context, in reconcile.ProbeInput) (reconcile.Probe, error) {
+	env.OnActivity(reconcile.ActivityProbeManifest, mock.Anything, mock.Anything).Return(func(ctx context.Context, in reconcile.ProbeInput) (reconcile.Probe, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
+		q := activity.GetInfo(ctx).TaskQueue
+		if m.dead[q] {
+			return reconcile.Probe{}, temporal.NewTimeoutError(enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START, nil)
+		}
 		m.probes++
+		m.probeQueues = append(m.probeQueues, q)
 		v, ok := m.onBox[in.Plugin]
 		if !ok {
 			return reconcile.Probe{Reason: "no manifest on the box"}, nil
