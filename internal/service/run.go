@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"go.temporal.io/sdk/client"
@@ -16,8 +17,9 @@ import (
 
 // Run runs a worker with cfg until SIGINT or SIGTERM: Temporal's client from
 // the SDK's environment configuration, AWS from the SDK's standard chain,
-// the metrics endpoint, and the workflows and activities registered. On
-// the signal the worker stops polling and returns once the activities in
+// the metrics endpoint, and the workflows and activities registered on the
+// shared task queue and on the worker's own box queue. On the signal both
+// stop polling and it returns once the activities in
 // flight have finished, or after the stop timeout (WorkerStopTimeout): a
 // deploy drains a restart in flight instead of cutting it short. Past the
 // timeout an activity is cancelled; the restart protocol makes its retry
@@ -62,10 +64,25 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err := workflows.EnsureSearchAttributes(ctx, c, ns); err != nil {
 		logger.Warn("search attributes not registered; register them or reconciles will fail", "error", err)
 	}
-	w := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
-	svc.Register(w)
-	logger.Info("worker started", "task_queue", workflows.TaskQueue, "eic_mode", cfg.AccessMode, "restart_mode", cfg.RestartMode, "stop_timeout", cfg.StopTimeout.String())
-	err = w.Run(worker.InterruptCh())
+	// Both workers stop polling at the signal and drain together.
+	workers := svc.Workers(c)
+	for _, w := range workers[1:] {
+		if err := w.Start(); err != nil {
+			return err
+		}
+	}
+	logger.Info("worker started", "task_queue", workflows.TaskQueue, "box_queue", svc.BoxQueue(), "eic_mode", cfg.AccessMode, "restart_mode", cfg.RestartMode, "stop_timeout", cfg.StopTimeout.String())
+	stop := make(chan any)
+	var once sync.Once
+	halt := func() { once.Do(func() { close(stop) }) }
+	go func() { <-worker.InterruptCh(); halt() }()
+	var drained sync.WaitGroup
+	for _, w := range workers[1:] {
+		drained.Go(func() { <-stop; w.Stop() })
+	}
+	err = workers[0].Run(stop)
+	halt()
+	drained.Wait()
 	logger.Info("worker stopped", "error", err)
 	return err
 }

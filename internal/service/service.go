@@ -6,9 +6,12 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -16,12 +19,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/plugin-reconciler/plugin-reconciler/activities"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/onbox"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/migrations"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
@@ -51,7 +56,10 @@ type Service struct {
 	Box        *onbox.Ops
 	Activities *activities.Activities
 	Metrics    *Metrics
-	cfg        Config
+	// Identity names this worker to Temporal (its pollers carry it), and
+	// its own task queue for box work, BoxQueue, after it.
+	Identity string
+	cfg      Config
 }
 
 // New connects to Postgres (migrating it unless told not to), opens the
@@ -109,6 +117,7 @@ func New(ctx context.Context, cfg Config, awsCfg aws.Config, logger *slog.Logger
 		return nil, err
 	}
 	return &Service{
+		Identity:   newIdentity(),
 		Store:      st,
 		Access:     access,
 		Box:        box,
@@ -171,11 +180,36 @@ func (s *Service) Register(w worker.Registry) {
 	w.RegisterActivity(s.Activities)
 }
 
+// BoxQueue is this worker's own task queue: the box work of the
+// workspaces whose reconciles picked it (see workflows/route.go).
+func (s *Service) BoxQueue() string { return reconcile.BoxQueue(s.Identity) }
+
+// Workers are this worker's two Temporal workers, registered: one on the
+// shared task queue (workflows, store work, and the box work of runs
+// without a route) and one on its own box queue.
+func (s *Service) Workers(c client.Client) []worker.Worker {
+	shared := worker.New(c, workflows.TaskQueue, s.WorkerOptions())
+	s.Register(shared)
+	box := worker.New(c, s.BoxQueue(), s.WorkerOptions())
+	box.RegisterActivity(s.Activities)
+	return []worker.Worker{shared, box}
+}
+
 // WorkerOptions are the worker's options for this configuration.
 func (s *Service) WorkerOptions() worker.Options {
 	o := WorkerOptions(s.cfg.MaxActivities)
 	o.WorkerStopTimeout = s.cfg.StopTimeout
+	o.Identity = s.Identity
 	return o
+}
+
+// newIdentity is "pid@host@random": unique in a pool, so that no two
+// workers share a box queue (containers all run as pid 1).
+func newIdentity() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%d@%s@%s", os.Getpid(), host, hex.EncodeToString(b[:]))
 }
 
 // WorkerOptions are the reconciler worker's options with maxActivities

@@ -229,13 +229,11 @@ func (st *stack) startWorkers(ctx context.Context, svc *service.Service, cat *ca
 	if err := workflows.EnsureSearchAttributes(ctx, c, devserver.Namespace); err != nil {
 		return err
 	}
-	rw := worker.New(c, workflows.TaskQueue, svc.WorkerOptions())
-	svc.Register(rw)
 	prov = &provisioner{fleet: st.fleet, catalog: cat, store: svc.Store}
 	pw := worker.New(c, ProvisioningQueue, worker.Options{})
 	pw.RegisterWorkflow(ProvisionWorkspace)
 	pw.RegisterActivity(prov)
-	for _, w := range []worker.Worker{rw, pw} {
+	for _, w := range append(svc.Workers(c), pw) {
 		if err := w.Start(); err != nil {
 			return err
 		}

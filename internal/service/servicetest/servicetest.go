@@ -88,7 +88,10 @@ func New(t *testing.T) *Stack {
 	ts := temporaltest.NewServer(temporaltest.WithT(t), temporaltest.WithBaseClientOptions(client.Options{MetricsHandler: s.Service.Metrics.Handler}))
 	s.Client, s.Namespace, s.Frontend = ts.GetDefaultClient(), ts.GetDefaultNamespace(), ts.GetFrontendHostPort()
 	require.NoError(t, workflows.EnsureSearchAttributes(Ctx(t), s.Client, s.Namespace))
-	ts.NewWorkerWithOptions(workflows.TaskQueue, s.Service.Register, s.Service.WorkerOptions())
+	for _, w := range s.Service.Workers(s.Client) {
+		require.NoError(t, w.Start())
+		t.Cleanup(w.Stop)
+	}
 	return s
 }
 
