@@ -93,11 +93,13 @@ func TestComposeFileReferences(t *testing.T) {
 	}
 	require.Equal(t, "temporal-db", compose.Services["temporal"].Environment["POSTGRES_SEEDS"])
 
-	// Health with the temporal CLI; the namespace and the search attributes
-	// the workflows set before any worker starts.
-	require.Contains(t, strings.Join(compose.Services["temporal"].Healthcheck.Test, " "), "temporal operator cluster health")
+	// Health with the temporal CLI (from the admin tools: the server image
+	// has only the server), the namespace and the search attributes the
+	// workflows set, before the UI and any worker start.
+	require.NotNil(t, compose.Services["temporal"].Healthcheck)
 	setup := strings.Join(compose.Services["temporal-setup"].Command, "\n")
-	require.Contains(t, setup, "temporal operator cluster health")
+	require.Contains(t, setup, "until temporal operator cluster health")
+	require.Equal(t, "service_completed_successfully", compose.Services["temporal-ui"].DependsOn["temporal-setup"].Condition)
 	for name := range workflows.SearchAttributes() {
 		require.Contains(t, setup, name, "temporal-setup creates the search attribute %s", name)
 	}
