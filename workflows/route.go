@@ -25,7 +25,11 @@ import (
 // timeout, which Temporal does not retry. The route then avoids that
 // queue and picks again; every caller that saw the same dead queue picks
 // the same next worker (rendezvous hashing), so a workspace re-dials at
-// most once per dead worker.
+// most once per dead worker. Routing saves dials and must never stop a
+// reconcile: when no worker can be picked, the pick fails, or one
+// activity has moved maxRepicks times (a worker so busy that its tasks
+// wait past the timeout looks dead too), the activity runs on the shared
+// queue, which every worker polls.
 
 // boxScheduleToStart is how long a box activity may wait on a worker's own
 // queue before that worker counts as gone. A busy worker starts a task in
@@ -33,8 +37,9 @@ import (
 // sent to a draining worker move on after it.
 const boxScheduleToStart = 20 * time.Second
 
-// maxRepicks bounds how often one activity moves to another worker.
-const maxRepicks = 5
+// maxRepicks bounds how often one activity moves to another worker before
+// it goes to the shared queue.
+const maxRepicks = 3
 
 // boxRoute is where a workspace's box activities go; nil (or an empty
 // queue) is the shared task queue, as for runs started before routes.
@@ -42,7 +47,7 @@ type boxRoute struct {
 	workspaceID string
 	queue       string
 	avoid       []string
-	repicks     int
+	moves       int // how many times an activity moved, for unique activity IDs
 }
 
 // claimBoxQueue picks the worker for a workspace's box work ("" when there
@@ -84,28 +89,34 @@ func boxOptions(summary string, startToClose time.Duration) workflow.ActivityOpt
 
 // exec runs a box activity on the route and waits for it. When the route
 // has a queue, the activity runs there with a schedule-to-start timeout;
-// if it sat there past it (the worker is gone), the queue is avoided from
-// then on, another worker is picked, and the activity is sent again (with
-// its own activity ID, if it had one, suffixed).
+// if it sat there past it (the worker is gone, or swamped), the queue is
+// avoided from then on, another worker is picked, and the activity is
+// sent again (with its own activity ID, if it had one, suffixed); see the
+// top of this file for when it runs on the shared queue instead.
 func (b *boxRoute) exec(ctx workflow.Context, opts workflow.ActivityOptions, name string, in, out any) error {
-	for {
+	for repicks := 0; ; repicks++ {
 		o := opts
-		if b != nil && b.queue != "" {
+		routed := b != nil && b.queue != "" && repicks <= maxRepicks
+		if routed {
 			o.TaskQueue, o.ScheduleToStartTimeout = b.queue, boxScheduleToStart
-			if b.repicks > 0 && o.ActivityID != "" {
-				o.ActivityID = fmt.Sprintf("%s-%d", opts.ActivityID, b.repicks)
-			}
+		}
+		if b != nil && b.moves > 0 && o.ActivityID != "" {
+			o.ActivityID = fmt.Sprintf("%s-%d", opts.ActivityID, b.moves)
 		}
 		err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, o), name, in).Get(ctx, out)
-		if b == nil || b.queue == "" || !scheduleToStartTimedOut(err) || b.repicks >= maxRepicks {
+		if !routed || !scheduleToStartTimedOut(err) {
 			return err
 		}
-		workflow.GetLogger(ctx).Warn("box worker gone: its box work moves", "workspace", b.workspaceID, "task_queue", b.queue, "activity", name)
+		workflow.GetLogger(ctx).Warn("box worker gone or swamped: its box work moves", "workspace", b.workspaceID, "task_queue", b.queue, "activity", name)
 		b.avoid = append(b.avoid, b.queue)
-		b.repicks++
+		b.moves++
+		if repicks == maxRepicks {
+			b.queue = "" // this activity and the rest go to the shared queue
+			continue
+		}
 		q, cerr := claimBoxQueue(ctx, b.workspaceID, b.avoid)
 		if cerr != nil {
-			return cerr
+			q = "" // the shared queue
 		}
 		b.queue = q
 	}

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -46,4 +47,23 @@ func TestBoxWorkMovesWhenItsWorkerIsGone(t *testing.T) {
 	for _, c := range m.claims[1:] {
 		require.Equal(t, []string{dead}, c.Avoid, "a re-pick avoids the dead queue")
 	}
+}
+
+// Routing never stops a reconcile: when every worker picked keeps its
+// tasks waiting past the timeout (gone, or swamped), the activity runs on
+// the shared queue after maxRepicks moves.
+func TestBoxWorkFallsBackToTheSharedQueue(t *testing.T) {
+	m := newModel(allOnBox())
+	m.dead = map[string]bool{}
+	m.claim = func(in reconcile.ClaimInput) string {
+		q := reconcile.BoxQueue(fmt.Sprint("w", len(in.Avoid)))
+		m.dead[q] = true
+		return q
+	}
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()[:1]}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Count(ActionRecorded))
+	require.Len(t, m.probeQueues, 1)
+	require.False(t, m.dead[m.probeQueues[0]], "the probe ran on the shared queue: %s", m.probeQueues[0])
+	require.Len(t, m.claims, 1+maxRepicks, "the run's pick, then one per move")
 }

@@ -190,7 +190,9 @@ func (s *Service) BoxQueue() string { return reconcile.BoxQueue(s.Identity) }
 func (s *Service) Workers(c client.Client) []worker.Worker {
 	shared := worker.New(c, workflows.TaskQueue, s.WorkerOptions())
 	s.Register(shared)
-	box := worker.New(c, s.BoxQueue(), s.WorkerOptions())
+	opts := s.WorkerOptions()
+	opts.DisableWorkflowWorker = true // activities only: no workflow task pollers
+	box := worker.New(c, s.BoxQueue(), opts)
 	box.RegisterActivity(s.Activities)
 	return []worker.Worker{shared, box}
 }
