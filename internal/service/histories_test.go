@@ -23,10 +23,11 @@ const historiesDir = "../../workflows/testdata/histories"
 
 // TestRecordHistories records real histories of the shipped workflows for
 // the replay test. It runs only with RECORD_HISTORIES set, to "all" or to
-// the sets to record ("reconcile", "rounds", "sweep", "declarations"), which replace their
-// own files and keep the others: re-record a set only when a change to
-// workflow code is meant to be incompatible with it (and version it with
-// workflow.GetVersion instead whenever runs may be in flight).
+// the sets to record ("reconcile", "rounds", "sweep", "declarations",
+// "routes"), which replace their own files and keep the others: re-record
+// a set only when a change to workflow code is meant to be incompatible
+// with it (and version it with workflow.GetVersion instead whenever runs
+// may be in flight).
 func TestRecordHistories(t *testing.T) {
 	want := os.Getenv("RECORD_HISTORIES")
 	if want == "" {
@@ -127,8 +128,14 @@ func TestRecordHistories(t *testing.T) {
 			save("prune", run.GetID(), run.GetRunID())
 			save("prune-child", workflows.PluginWorkflowID(run.GetID(), declared[4].Name), "")
 		},
+		// A reconcile whose box work goes to the worker it picked (the
+		// box-affinity version): a delivery and its restart.
+		"routes": func() {
+			s.Box("ws-routed", all("code-review"))
+			record("routed", "ws-routed", declared, nil)
+		},
 	}
-	for _, name := range []string{"reconcile", "rounds", "sweep", "declarations"} {
+	for _, name := range []string{"reconcile", "rounds", "sweep", "declarations", "routes"} {
 		if want == "all" || slices.Contains(strings.Split(want, ","), name) {
 			sets[name]()
 		}
