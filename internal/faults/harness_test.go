@@ -39,6 +39,7 @@ var (
 	reportMu  sync.Mutex
 	report    []row
 	workerBin string
+	binDir    string // the worker, and the Temporal binaries once built
 )
 
 func record(fault, happened, checked string) {
@@ -55,6 +56,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	binDir = dir
 	if !testing.Short() {
 		workerBin = filepath.Join(dir, "worker")
 		out, err := exec.Command("go", "build", "-o", workerBin, "../../worker").CombinedOutput()
@@ -127,6 +129,7 @@ type harness struct {
 	dir      string
 	port     int // Temporal frontend, kept across restarts
 	dev      *devserver.Server
+	prod     *temporalProc // Temporal as its own process (production shape), instead of dev
 	pg       *pgcluster.Cluster
 	dsn      string
 	store    *store.Store
@@ -147,7 +150,12 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, false) }
+
+// newHarnessWith starts the stack; production: Temporal as its own
+// process on Postgres (see production_test.go), every process configured
+// from docker-compose.yml's environment.
+func newHarnessWith(t *testing.T, production bool) *harness {
 	if testing.Short() {
 		t.Skip("the fault suite starts the whole stack")
 	}
@@ -164,11 +172,18 @@ func newHarness(t *testing.T) *harness {
 	require.NoError(t, err)
 	t.Cleanup(h.store.Close)
 
-	h.startTemporal()
-	t.Cleanup(func() { h.dev.Stop() })
-	h.client, err = client.Dial(client.Options{HostPort: h.dev.FrontendAddress(), Namespace: devserver.Namespace})
+	if production {
+		h.prod = h.startProductionTemporal()
+	} else {
+		h.startTemporal()
+		t.Cleanup(func() { h.dev.Stop() })
+	}
+	h.client, err = client.Dial(client.Options{HostPort: h.frontend(), Namespace: devserver.Namespace})
 	require.NoError(t, err)
 	t.Cleanup(h.client.Close)
+	if production {
+		h.setupNamespace()
+	}
 
 	h.aws, err = fakeaws.Start("us-east-1")
 	require.NoError(t, err)
@@ -201,9 +216,21 @@ func (h *harness) startTemporal() {
 }
 
 func (h *harness) restartTemporal(down time.Duration) {
+	if h.prod != nil {
+		h.prod.restart(h.t, syscall.SIGTERM, down)
+		return
+	}
 	h.dev.Stop()
 	time.Sleep(down)
 	h.startTemporal()
+}
+
+// frontend is Temporal's frontend address.
+func (h *harness) frontend() string {
+	if h.prod != nil {
+		return h.prod.frontend
+	}
+	return h.dev.FrontendAddress()
 }
 
 // workerProc is one worker process.
@@ -219,10 +246,14 @@ func (h *harness) startWorker(extra ...string) {
 	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(h.t, err)
 	cmd := exec.Command(workerBin)
-	cmd.Env = append(append(os.Environ(), h.fleet.WorkerEnv()...),
-		"TEMPORAL_ADDRESS="+h.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-		"DATABASE_URL="+h.dsn, "CATALOG_DIR="+h.catDir, "MIGRATE=true", "METRICS_ADDR=",
-	)
+	if h.prod != nil {
+		cmd.Env = h.productionWorkerEnv()
+	} else {
+		cmd.Env = append(append(os.Environ(), h.fleet.WorkerEnv()...),
+			"TEMPORAL_ADDRESS="+h.frontend(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
+			"DATABASE_URL="+h.dsn, "CATALOG_DIR="+h.catDir, "MIGRATE=true", "METRICS_ADDR=",
+		)
+	}
 	cmd.Env = append(cmd.Env, extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

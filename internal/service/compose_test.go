@@ -92,6 +92,12 @@ func TestComposeFileReferences(t *testing.T) {
 		require.Contains(t, schema, want)
 	}
 	require.Equal(t, "temporal-db", compose.Services["temporal"].Environment["POSTGRES_SEEDS"])
+	// The server refuses to start without its dynamic config file (found by
+	// the production-shaped tests in internal/faults, which run the server
+	// with this environment).
+	dynamic := compose.Services["temporal"].Environment["DYNAMIC_CONFIG_FILE_PATH"]
+	require.NotEmpty(t, dynamic)
+	require.Contains(t, string(data), "target: "+dynamic, "the dynamic config file is mounted where the server reads it")
 
 	// Health with the temporal CLI (from the admin tools: the server image
 	// has only the server), the namespace and the search attributes the
