@@ -271,19 +271,27 @@ func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string
 	if progress != nil {
 		in = &progressReader{r: in, fn: progress}
 	}
+	changed, id, err := o.change(ctx, t, "install "+name+" on", script, in, "unchanged", "installed")
+	return Installed{Changed: changed, Identity: id}, err
+}
+
+// change runs a script that changes the plugin root (an install, a
+// removal) and reads its answer: noop when it changed nothing, or done
+// followed by the runtime identity the change was journaled with.
+func (o *Ops) change(ctx context.Context, t reconcile.Box, what, script string, in io.Reader, noop, done string) (changed bool, identity string, err error) {
 	out, status, err := o.access.Run(ctx, t, "sh -c "+quote(script), in, 1024)
 	if err != nil {
-		return Installed{}, fmt.Errorf("install %s on %s: %w", name, t.InstanceID, err)
+		return false, "", fmt.Errorf("%s %s: %w", what, t.InstanceID, err)
 	}
 	answer := strings.TrimSpace(string(out))
-	if status == 0 && answer == "unchanged" {
-		return Installed{}, nil
+	if status == 0 && answer == noop {
+		return false, "", nil
 	}
-	id, ok := strings.CutPrefix(answer, "installed ")
+	id, ok := strings.CutPrefix(answer, done+" ")
 	if status != 0 || !ok {
-		return Installed{}, fmt.Errorf("install %s on %s: exit %d: %s", name, t.InstanceID, status, out)
+		return false, "", fmt.Errorf("%s %s: exit %d: %s", what, t.InstanceID, status, out)
 	}
-	return Installed{Changed: true, Identity: id}, nil
+	return true, id, nil
 }
 
 // holds reports whether the plugin directory dir holds the bundle with

@@ -3,7 +3,6 @@ package onbox
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
@@ -57,17 +56,6 @@ func (o *Ops) Remove(ctx context.Context, t reconcile.Box, name string) (Removed
 		return Removed{}, err
 	}
 	script := fmt.Sprintf(removeScript, quote(t.PluginRoot), quote(name), quote(o.cfg.IdentityCommand))
-	out, status, err := o.access.Run(ctx, t, "sh -c "+quote(script), nil, 1024)
-	if err != nil {
-		return Removed{}, fmt.Errorf("remove %s from %s: %w", name, t.InstanceID, err)
-	}
-	answer := strings.TrimSpace(string(out))
-	if status == 0 && answer == "absent" {
-		return Removed{}, nil
-	}
-	id, ok := strings.CutPrefix(answer, "removed ")
-	if status != 0 || !ok {
-		return Removed{}, fmt.Errorf("remove %s from %s: exit %d: %s", name, t.InstanceID, status, out)
-	}
-	return Removed{Changed: true, Identity: id}, nil
+	changed, id, err := o.change(ctx, t, "remove "+name+" from", script, nil, "absent", "removed")
+	return Removed{Changed: changed, Identity: id}, err
 }
