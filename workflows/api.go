@@ -133,9 +133,11 @@ func (in ReconcileInput) Validate() error {
 	return in.declaration().Validate()
 }
 
-// declaration is the input's own declaration.
+// declaration is the input's own declaration. A sweep's reconcile
+// (RestartGate set) converges even when its sweep predates Converge, and so
+// does its retry: the plugins that sweep listed are never re-declared.
 func (in ReconcileInput) declaration() Declaration {
-	return Declaration{Plugins: in.Plugins, Prune: in.Prune, Converge: in.Converge}
+	return Declaration{Plugins: in.Plugins, Prune: in.Prune, Converge: in.Converge || in.RestartGate != ""}
 }
 
 func validatePlugins(ps []Plugin) error {

@@ -106,3 +106,21 @@ func TestDeclarationThen(t *testing.T) {
 		})
 	}
 }
+
+// A sweep's reconcile converges, also when its sweep predates Converge and
+// when it is retried: RetryInput and the run both read declaration().
+func TestASweepsReconcileConverges(t *testing.T) {
+	t.Parallel()
+	a := []Plugin{{Name: "a", Version: "1"}}
+	for _, tt := range []struct {
+		desc string
+		in   ReconcileInput
+		want bool
+	}{
+		{"a trigger", ReconcileInput{WorkspaceID: "ws-1", Plugins: a}, false},
+		{"a sweep's child", ReconcileInput{WorkspaceID: "ws-1", Plugins: a, Converge: true, RestartGate: SweepWorkflowID}, true},
+		{"an older sweep's child", ReconcileInput{WorkspaceID: "ws-1", Plugins: a, RestartGate: SweepWorkflowID}, true},
+	} {
+		require.Equal(t, tt.want, tt.in.declaration().Converge, tt.desc)
+	}
+}

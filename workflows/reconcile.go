@@ -149,11 +149,7 @@ func (r *run) start(ctx workflow.Context) (work, error) {
 		}
 		return work{plugins: r.in.Plugins}, r.search(ctx, SearchInstanceID.ValueSet(r.ws.InstanceID))
 	}
-	// A sweep's child converges to the stored declaration; one started by
-	// a sweep from before sweeps said so (RestartGate set, Converge not)
-	// too, rather than re-declare the plugins that sweep read.
 	d := r.in.declaration()
-	d.Converge = d.Converge || r.in.RestartGate != ""
 	// A trigger's own declaration comes with it as a signal, and others may
 	// be waiting: one record for all of them.
 	if next, ok := r.waiting(); ok {
@@ -174,8 +170,13 @@ func (r *run) routeBox(ctx workflow.Context) error {
 		return nil
 	}
 	q, err := claimBoxQueue(ctx, r.ws.ID, nil)
+	if err != nil {
+		// Routing saves dials; it never stops a reconcile.
+		workflow.GetLogger(ctx).Warn("no worker picked for the box: its work goes to the shared queue", "workspace", r.ws.ID, "error", err)
+		return nil
+	}
 	r.route = routeFor(r.ws.ID, q)
-	return err
+	return nil
 }
 
 // roundEnd is how a round ended.

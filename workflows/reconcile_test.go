@@ -40,6 +40,7 @@ type model struct {
 	// queue); claims are the picks asked for; probeQueues the queues the
 	// probes ran on; dead queues time out before they start.
 	claim       func(reconcile.ClaimInput) string
+	claimFails  bool
 	claims      []reconcile.ClaimInput
 	probeQueues []string
 	dead        map[string]bool
@@ -98,6 +99,9 @@ func (m *model) register(env *testsuite.TestWorkflowEnvironment) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.claims = append(m.claims, in)
+		if m.claimFails {
+			return reconcile.BoxRoute{}, temporal.NewNonRetryableApplicationError("no view of the pool", "Unavailable", nil)
+		}
 		if m.claim == nil {
 			return reconcile.BoxRoute{}, nil
 		}

@@ -67,3 +67,14 @@ func TestBoxWorkFallsBackToTheSharedQueue(t *testing.T) {
 	require.False(t, m.dead[m.probeQueues[0]], "the probe ran on the shared queue: %s", m.probeQueues[0])
 	require.Len(t, m.claims, 1+maxRepicks, "the run's pick, then one per move")
 }
+
+// A pick that fails does not fail the run: its box work goes to the shared
+// queue.
+func TestAFailedPickDoesNotStopTheRun(t *testing.T) {
+	m := newModel(allOnBox())
+	m.claimFails = true
+	res, err := runReconcile(t, m, ReconcileInput{WorkspaceID: "ws-1", Plugins: five()}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 5, res.Count(ActionRecorded))
+	require.Len(t, m.claims, 1)
+}
