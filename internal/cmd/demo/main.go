@@ -29,49 +29,10 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/scenario"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
-
-var declared = []workflows.Plugin{
-	{Name: "github-tools", Version: "1.2.0"},
-	{Name: "mcp-postgres", Version: "0.4.1"},
-	{Name: "code-review", Version: "2.0.0"},
-	{Name: "slack-notify", Version: "1.0.3"},
-	{Name: "sub-agent.planner", Version: "0.9.0"},
-}
-
-// scenario is one workspace of the demo and what must hold after its
-// reconcile.
-type scenario struct {
-	Workspace      string
-	Story          string
-	boot           map[string]string
-	WantDeliveries int
-	WantRestarts   int
-}
-
-func scenarios() []scenario {
-	all := func() map[string]string {
-		m := map[string]string{}
-		for _, p := range declared {
-			m[p.Name] = p.Version
-		}
-		return m
-	}
-	missing := all()
-	delete(missing, "mcp-postgres")
-	delete(missing, "slack-notify")
-	stale := all()
-	stale["github-tools"] = "1.1.0"
-	return []scenario{
-		{"ws-demo-1", "all 5 plugins boot-installed", all(), 0, 0},
-		{"ws-demo-2", "all 5 plugins boot-installed", all(), 0, 0},
-		{"ws-demo-3", "all 5 plugins boot-installed", all(), 0, 0},
-		{"ws-demo-4", "boot install missed 2 plugins", missing, 2, 1},
-		{"ws-demo-5", "github-tools boot-installed at stale 1.1.0", stale, 1, 1},
-	}
-}
 
 // line is one workspace's report.
 type line struct {
@@ -208,7 +169,7 @@ func (st *stack) start(ctx context.Context, stateDir string, frontendPort, uiPor
 
 // publishCatalog writes the demo's plugins into a catalog directory.
 func publishCatalog(dir string) (*catalog.Catalog, error) {
-	for _, p := range append(declared, workflows.Plugin{Name: "github-tools", Version: "1.1.0"}) {
+	for _, p := range scenario.Bundles() {
 		if err := catalog.Publish(dir, p.Name, p.Version, map[string]string{"bin/run": "#!/bin/sh\necho " + p.String() + "\n"}); err != nil {
 			return nil, err
 		}
@@ -271,45 +232,43 @@ func printReport(report []line, asJSON bool) (bool, error) {
 }
 
 func provisionAll(ctx context.Context, c client.Client, dev *devserver.Server, fl *fleet.Fleet, progress func(string, ...any)) ([]line, error) {
-	scs := scenarios()
+	scs := scenario.Workspaces()
 	runs := make([]client.WorkflowRun, len(scs))
 	stamp := time.Now().UTC().Format("20060102T150405")
 	for i, sc := range scs {
 		var err error
 		runs[i], err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-			ID: "provision:" + sc.Workspace + ":" + stamp, TaskQueue: ProvisioningQueue,
-		}, ProvisionWorkspace, ProvisionInput{WorkspaceID: sc.Workspace, BootInstalled: sc.boot, Declared: declared})
+			ID: "provision:" + sc.ID + ":" + stamp, TaskQueue: ProvisioningQueue,
+		}, ProvisionWorkspace, ProvisionInput{WorkspaceID: sc.ID, BootInstalled: sc.Boot, Declared: scenario.Declared})
 		if err != nil {
 			return nil, err
 		}
-		progress("%s: provisioning (%s)", sc.Workspace, sc.Story)
+		progress("%s: provisioning (%s)", sc.ID, sc.Story)
 	}
 	out := make([]line, len(scs))
 	for i, sc := range scs {
 		var pr ProvisionResult
 		if err := runs[i].Get(ctx, &pr); err != nil {
-			return nil, fmt.Errorf("provision %s: %w", sc.Workspace, err)
+			return nil, fmt.Errorf("provision %s: %w", sc.ID, err)
 		}
-		ui := dev.WorkflowURL(workflows.ReconcileWorkflowID(sc.Workspace), pr.RunID)
-		progress("%s: online as %s, reconcile running: %s", sc.Workspace, pr.InstanceID, ui)
-		res, err := workflows.Result(ctx, c.GetWorkflow(ctx, workflows.ReconcileWorkflowID(sc.Workspace), pr.RunID))
-		l := line{Workspace: sc.Workspace, InstanceID: pr.InstanceID, Story: sc.Story, UI: ui,
+		ui := dev.WorkflowURL(workflows.ReconcileWorkflowID(sc.ID), pr.RunID)
+		progress("%s: online as %s, reconcile running: %s", sc.ID, pr.InstanceID, ui)
+		res, err := workflows.Result(ctx, c.GetWorkflow(ctx, workflows.ReconcileWorkflowID(sc.ID), pr.RunID))
+		l := line{Workspace: sc.ID, InstanceID: pr.InstanceID, Story: sc.Story, UI: ui,
 			Recorded: res.Count(workflows.ActionRecorded), Delivered: res.Count(workflows.ActionDelivered),
 			Restarted: res.Restart.Done, Why: res.Restart.Reason}
 		if box := fl.Box(pr.InstanceID); box != nil {
 			l.Restarts = box.Restarts()
 		}
-		switch {
-		case err != nil:
-			l.Problem = "reconcile failed: " + err.Error()
-		case l.Delivered != sc.WantDeliveries:
-			l.Problem = fmt.Sprintf("%d deliveries, expected %d", l.Delivered, sc.WantDeliveries)
-		case l.Restarts != sc.WantRestarts:
-			l.Problem = fmt.Sprintf("box restarted %d times, expected %d", l.Restarts, sc.WantRestarts)
-		default:
-			l.OK = true
+		if err == nil {
+			err = sc.Check(l.Delivered, l.Restarts)
+		} else {
+			err = fmt.Errorf("reconcile failed: %w", err)
 		}
-		progress("%s: reconciled: %s", sc.Workspace, res.Summary)
+		if l.OK = err == nil; !l.OK {
+			l.Problem = err.Error()
+		}
+		progress("%s: reconciled: %s", sc.ID, res.Summary)
 		out[i] = l
 	}
 	return out, nil
