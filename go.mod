@@ -232,6 +232,7 @@ require (
 )
 
 tool (
+	github.com/temporalio/ui-server/v2/cmd/server
 	go.temporal.io/server/cmd/server
 	go.temporal.io/server/cmd/tools/sql
 )

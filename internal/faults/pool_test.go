@@ -103,11 +103,12 @@ func TestPoolOfThreeDialsEachBoxOnce(t *testing.T) {
 		"≤ 1.00 push and ≤ 1.00 handshake per workspace; every box restarted exactly once; rows exact")
 }
 
-// One of three workers crashes while the reconciles run: its boxes' work
-// waits out the schedule-to-start timeout on its queue, then moves to the
-// worker the rendezvous picks next; a box re-dials at most once more.
-func TestPoolWorkerKilledMidRun(t *testing.T) {
-	h := newHarness(t)
+// One of three workers crashes while the reconciles run, on the production
+// shape: its boxes' work waits out the schedule-to-start timeout on its
+// queue, then moves to the worker the rendezvous picks next; a box re-dials
+// at most once more.
+func TestProductionShapedWorkerKilledMidRun(t *testing.T) {
+	h := newHarnessWith(t, true)
 	h.pool(3)
 	const n = 12
 	boxes := h.freshFleet("kill", n)
@@ -124,15 +125,16 @@ func TestPoolWorkerKilledMidRun(t *testing.T) {
 	total, most := logins(boxes)
 	t.Logf("killed one of 3 workers at %s: %d handshakes for %d workspaces, at most %d on one box", killedAt.Round(time.Millisecond), total, n, most)
 	require.LessOrEqual(t, most, 2, "a box re-dials at most once more")
-	record("one of 3 workers SIGKILLed mid-run (12 workspaces)",
+	record("production shape: one of 3 workers SIGKILLed mid-run (12 workspaces)",
 		fmt.Sprintf("killed at %s; every run completed in %s; %d handshakes for %d workspaces", killedAt.Round(time.Millisecond), time.Since(start).Round(time.Second), total, n),
 		"every box restarted exactly once; at most 2 handshakes on any box; rows exact")
 }
 
 // One of three workers drains (SIGTERM, a deploy) while the reconciles
-// run: what it started it finishes, what waits on its queue moves on.
-func TestPoolWorkerDrainedMidRun(t *testing.T) {
-	h := newHarness(t)
+// run, on the production shape: what it started it finishes, what waits on
+// its queue moves on.
+func TestProductionShapedWorkerDrainedMidRun(t *testing.T) {
+	h := newHarnessWith(t, true)
 	h.pool(3)
 	const n = 12
 	boxes := h.freshFleet("drain", n)
@@ -151,7 +153,7 @@ func TestPoolWorkerDrainedMidRun(t *testing.T) {
 	}
 	total, most := logins(boxes)
 	require.LessOrEqual(t, most, 2, "a box re-dials at most once more")
-	record("one of 3 workers SIGTERMed (drained) mid-run (12 workspaces)",
+	record("production shape: one of 3 workers SIGTERMed (drained) mid-run (12 workspaces)",
 		fmt.Sprintf("the drained worker exited; every run completed; %d handshakes for %d workspaces", total, n),
 		"nothing lost, every box restarted exactly once; at most 2 handshakes on any box; rows exact")
 }

@@ -92,22 +92,29 @@ func serviceEnv(t *testing.T, service string, local map[string]string) []string 
 }
 
 var (
-	temporalBinsOnce sync.Once
-	temporalBinsErr  error
+	productionBinsOnce sync.Once
+	productionBinsErr  error
 )
 
-// temporalBins builds temporal-server and temporal-sql-tool once.
-func temporalBins(t *testing.T) {
-	temporalBinsOnce.Do(func() {
-		for name, pkg := range map[string]string{"temporal-server": "go.temporal.io/server/cmd/server", "temporal-sql-tool": "go.temporal.io/server/cmd/tools/sql"} {
+// productionBins builds, once, what the production shape runs besides the
+// worker: temporal-server, temporal-sql-tool and the Web UI server from the
+// modules go.mod pins (its tools), and the starter.
+func productionBins(t *testing.T) {
+	productionBinsOnce.Do(func() {
+		for name, pkg := range map[string]string{
+			"temporal-server":    "go.temporal.io/server/cmd/server",
+			"temporal-sql-tool":  "go.temporal.io/server/cmd/tools/sql",
+			"temporal-ui-server": "github.com/temporalio/ui-server/v2/cmd/server",
+			"starter":            "../../starter",
+		} {
 			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
 			if err != nil {
-				temporalBinsErr = fmt.Errorf("build %s: %v\n%s", name, err, out)
+				productionBinsErr = fmt.Errorf("build %s: %v\n%s", name, err, out)
 				return
 			}
 		}
 	})
-	require.NoError(t, temporalBinsErr)
+	require.NoError(t, productionBinsErr)
 }
 
 // temporalProc is Temporal's server as its own process.
@@ -184,7 +191,7 @@ func (p *temporalProc) restart(t *testing.T, sig syscall.Signal, down time.Durat
 // environment.
 func (h *harness) startProductionTemporal() *temporalProc {
 	t := h.t
-	temporalBins(t)
+	productionBins(t)
 	pgPort := strconv.Itoa(h.pg.Port)
 	password := expand(readCompose(t).Services["temporal"].Environment["POSTGRES_PWD"])
 	admin, err := pgx.Connect(ctx(t), h.pg.DSN("postgres"))
