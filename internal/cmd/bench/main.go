@@ -27,6 +27,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
@@ -50,6 +51,7 @@ type options struct {
 	awsLatency, sshLatency      time.Duration
 	out                         string
 	naive                       bool
+	pool                        int // workers of the pool variant; 0: none
 	only                        string
 	jsonOut                     string
 	cpuProfile                  string
@@ -116,15 +118,19 @@ func runEach(o options) error {
 	defer os.RemoveAll(dir)
 	var rows []result
 	var orch, io result
-	keys := []string{"boot:ours", "boot:naive", "fresh:ours", "fresh:naive", "mixed:ours", "mixed:naive", "floor", "io"}
-	if !o.naive {
-		keys = []string{"boot:ours", "fresh:ours", "mixed:ours", "floor", "io"}
+	var keys []string
+	for _, sc := range o.scenarios() {
+		for _, v := range o.variants() {
+			keys = append(keys, sc.key+":"+v.key)
+		}
 	}
+	keys = append(keys, "floor", "io")
 	for _, key := range keys {
 		file := filepath.Join(dir, strings.ReplaceAll(key, ":", "-")+".json")
 		cmd := exec.Command(exe, "-only", key, "-json", file,
 			"-workspaces", strconv.Itoa(o.workspaces), "-plugins", strconv.Itoa(o.plugins), "-shards", strconv.Itoa(o.shards),
-			"-aws-latency", o.awsLatency.String(), "-ssh-latency", o.sshLatency.String(), "-naive="+strconv.FormatBool(o.naive))
+			"-aws-latency", o.awsLatency.String(), "-ssh-latency", o.sshLatency.String(), "-naive="+strconv.FormatBool(o.naive),
+			"-pool", strconv.Itoa(o.pool))
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("run %s: %w", key, err)
@@ -165,7 +171,8 @@ func main() {
 	flag.DurationVar(&o.sshLatency, "ssh-latency", 20*time.Millisecond, "added each way on every box's SSH link")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: don't)")
 	flag.BoolVar(&o.naive, "naive", true, "also run the naive access path")
-	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (boot, fresh, mixed, floor, io; boot:ours, boot:naive, ...); prints their figures, writes no report")
+	flag.IntVar(&o.pool, "pool", 3, "also run ours on a pool of this many worker processes (0: don't)")
+	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (boot, fresh, mixed, floor, io; boot:ours, boot:pool, boot:naive, ...); prints their figures, writes no report")
 	flag.StringVar(&o.jsonOut, "json", "", "with -only: also write the figures as JSON to this file")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server, and the floor's worker) to this file")
 	naiveWorker := flag.Bool("naive-worker", false, "run as the naive path's worker (configured by the environment, as the worker is)")
@@ -344,23 +351,37 @@ func (o options) scenarios() []scenario {
 	}
 }
 
-// runScenarios measures each scenario wanted, ours and (if asked) naive.
+// variant is who reconciles a scenario: ours on one worker, ours on a
+// pool, or the naive path.
+type variant struct {
+	key, label string
+	naive      bool
+	workers    int
+}
+
+func (o options) variants() []variant {
+	out := []variant{{"ours", "ours", false, 1}}
+	if o.pool > 0 {
+		out = append(out, variant{"pool", fmt.Sprintf("ours, %d workers", o.pool), false, o.pool})
+	}
+	if o.naive {
+		out = append(out, variant{"naive", "naive", true, 1})
+	}
+	return out
+}
+
+// runScenarios measures each scenario wanted in each variant.
 func (b *bench) runScenarios(ctx context.Context) ([]result, error) {
 	o := b.o
 	var rows []result
 	for _, sc := range o.scenarios() {
-		variants := []bool{false}
-		if o.naive {
-			variants = append(variants, true)
-		}
-		for _, naive := range variants {
-			variant := map[bool]string{false: "ours", true: "naive"}[naive]
-			if !o.wants(sc.key, sc.key+":"+variant) {
+		for _, v := range o.variants() {
+			if !o.wants(sc.key, sc.key+":"+v.key) {
 				continue
 			}
-			name := sc.name + ", " + variant
+			name := sc.name + ", " + v.label
 			step("%s: %d workspaces × %d plugins", name, o.workspaces, o.plugins)
-			r, err := b.measure(ctx, sc.key+"-"+variant, naive, sc.missing)
+			r, err := b.measure(ctx, sc.key+"-"+v.key, v, sc.missing)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
@@ -494,7 +515,9 @@ func (b *bench) trigger(ctx context.Context, ids []string) (time.Duration, []tim
 	return time.Since(start), lat, failed, nil
 }
 
-func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing func(int) []int) (result, error) {
+// measure runs a scenario with v's worker processes: worker CPU is their
+// sum, peak RSS the largest one's.
+func (b *bench) measure(ctx context.Context, prefix string, v variant, missing func(int) []int) (result, error) {
 	var r result
 	stop, err := b.temporal(ctx)
 	if err != nil {
@@ -513,38 +536,59 @@ func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing 
 			r.wantRestarts++
 		}
 	}
-	// Ours is the worker program; the naive path is this program as a
-	// worker that dials per operation (-naive-worker).
-	cmd := exec.Command(b.bin)
-	if naive {
-		exe, err := os.Executable()
-		if err != nil {
-			return r, err
-		}
-		cmd = exec.Command(exe, "-naive-worker")
-	}
-	cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
-		"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-		"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
-	)
 	logf, err := os.Create(filepath.Join(b.dir, prefix+"-worker.log"))
 	if err != nil {
 		return r, err
 	}
 	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	var cmds []*exec.Cmd
+	stopWorkers := func() {
+		for _, cmd := range cmds {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		cmds = nil
+	}
+	defer stopWorkers()
+	for range v.workers {
+		// Ours is the worker program; the naive path is this program as a
+		// worker that dials per operation (-naive-worker).
+		cmd := exec.Command(b.bin)
+		if v.naive {
+			exe, err := os.Executable()
+			if err != nil {
+				return r, err
+			}
+			cmd = exec.Command(exe, "-naive-worker")
+		}
+		cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
+			"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
+			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
+		)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return r, err
+		}
+		cmds = append(cmds, cmd)
+	}
+	if err := b.polling(ctx, v.workers); err != nil {
 		return r, err
 	}
-	time.Sleep(time.Second) // let it connect and poll
-	cpu0, box0 := procCPU(cmd.Process.Pid, false), boxesCPU(boxes)
+	workersCPU := func() (t time.Duration) {
+		for _, cmd := range cmds {
+			t += procCPU(cmd.Process.Pid, false)
+		}
+		return t
+	}
+	cpu0, box0 := workersCPU(), boxesCPU(boxes)
 	self0, all0 := procCPU(os.Getpid(), false), machineCPU()
 	wall, lat, failed, err := b.trigger(ctx, ids)
-	cpu1 := procCPU(cmd.Process.Pid, false)
+	cpu1 := workersCPU()
 	r.selfCPU, r.allCPU = procCPU(os.Getpid(), false)-self0, machineCPU()-all0
-	r.rssMB = procHWM(cmd.Process.Pid)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	_ = cmd.Wait()
+	for _, cmd := range cmds {
+		r.rssMB = max(r.rssMB, procHWM(cmd.Process.Pid))
+	}
+	stopWorkers() // the boxes' sessions end with the workers' connections
 	if err != nil {
 		return r, err
 	}
@@ -571,6 +615,22 @@ func (b *bench) measure(ctx context.Context, prefix string, naive bool, missing 
 	}
 	r.events = b.historyEvents(ctx, ids)
 	return r, nil
+}
+
+// polling waits until Temporal sees n workers polling the activity queue,
+// so that a pool's reconciles spread from their start.
+func (b *bench) polling(ctx context.Context, n int) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		d, err := b.c.DescribeTaskQueue(ctx, workflows.TaskQueue, enumspb.TASK_QUEUE_TYPE_ACTIVITY)
+		if err == nil && len(d.GetPollers()) >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d workers never polled %s (last: %v)", n, workflows.TaskQueue, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // historyEvents averages the history events (parent and children) of up to
@@ -789,7 +849,7 @@ func machine() string {
 func render(o options, rows []result, orch, io result) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "# Benchmarks\n\nWritten by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
-	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; each run in its own process with a fresh embedded Temporal (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker. Server process CPU is this benchmark's own process: the embedded Temporal server, the fake AWS endpoint and the link latency proxies (for the orchestration floor, also its in-process worker). Machine CPU is all processors' busy time during the run (%d cores: at most %d s per second of wall time).\n\n",
+	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; each run in its own process with a fresh embedded Temporal (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's; on the pool rows, CPU is the workers' sum and peak RSS the largest worker's, and the workers share the same cores, so a pool row shows what box affinity costs, not added capacity). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker. Server process CPU is this benchmark's own process: the embedded Temporal server, the fake AWS endpoint and the link latency proxies (for the orchestration floor, also its in-process worker). Machine CPU is all processors' busy time during the run (%d cores: at most %d s per second of wall time).\n\n",
 		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards, godebug(), runtime.NumCPU(), runtime.NumCPU())
 	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU | server process CPU | machine CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	w := float64(o.workspaces)
@@ -826,8 +886,8 @@ func render(o options, rows []result, orch, io result) string {
 			continue
 		}
 		vsNaive, hs := "-", "-"
-		if i+1 < len(rows) && strings.HasSuffix(rows[i+1].name, ", naive") {
-			n := rows[i+1]
+		if j := slices.IndexFunc(rows, func(r result) bool { return r.name == strings.TrimSuffix(ours.name, "ours")+"naive" }); j >= 0 {
+			n := rows[j]
 			speed := n.wall.Seconds() / ours.wall.Seconds()
 			fewer := float64(n.handshakes) / float64(max(ours.handshakes, 1))
 			vsNaive = fmt.Sprintf("%s %.2f×", mark(speed >= 2), speed)
@@ -842,6 +902,20 @@ func render(o options, rows []result, orch, io result) string {
 			mark(ours.restarts == ours.wantRestarts), ours.restarts, ours.wantRestarts,
 			mark(ours.pushes <= o.workspaces), float64(ours.pushes)/w, mark(ours.handshakes <= o.workspaces), float64(ours.handshakes)/w,
 			hs, vsNaive, mark(floor <= 1.25), floor, ours.wall.Seconds()/io.wall.Seconds(), cpu)
+	}
+	if o.pool > 0 {
+		fmt.Fprintf(&s, "\nThe pool: each scenario on %d worker processes beside one. Box affinity sends a reconcile's box work to one worker, so the pool should cost the box what one worker does.\n\n", o.pool)
+		s.WriteString("| scenario | workers | wall | key pushes / ws | SSH handshakes / ws | restarts (needed) | ≤ 1 push and ≤ 1 handshake / ws |\n|---|---|---|---|---|---|---|\n")
+		for _, r := range rows {
+			name, workers := strings.TrimSuffix(r.name, ", ours"), "1"
+			if before, after, ok := strings.Cut(r.name, ", ours, "); ok {
+				name, workers = before, strings.TrimSuffix(after, " workers")
+			} else if !strings.HasSuffix(r.name, ", ours") {
+				continue
+			}
+			fmt.Fprintf(&s, "| %s | %s | %.1f s | %.2f | %.2f | %d (%d) | %s |\n", name, workers, r.wall.Seconds(), float64(r.pushes)/w, float64(r.handshakes)/w,
+				r.restarts, r.wantRestarts, mark(r.pushes <= o.workspaces && r.handshakes <= o.workspaces && r.restarts == r.wantRestarts))
+		}
 	}
 	fmt.Fprintf(&s, "\nOrchestration floor for %d × %d: %.1f s (target ≤ 40 s for 200 × 8: %s).\n", o.workspaces, o.plugins, orch.wall.Seconds(),
 		map[bool]string{true: mark(orch.wall <= 40*time.Second), false: "only defined for 200 × 8"}[o.workspaces == 200 && o.plugins == 8])
