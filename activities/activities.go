@@ -232,13 +232,9 @@ func (a *Activities) DeliverViaEIC(ctx context.Context, in reconcile.DeliverInpu
 	if err != nil {
 		return reconcile.Delivery{}, classify(err, "deliver %s@%s to %s", in.Plugin, in.Version, in.Workspace.InstanceID)
 	}
-	// Verify by reading the manifest back.
-	data, err := a.Box.ReadManifest(ctx, t, in.Plugin)
-	if err != nil {
-		return reconcile.Delivery{}, classify(err, "verify %s on %s", in.Plugin, in.Workspace.InstanceID)
-	}
-	if m, err := reconcile.ParseManifest(data); err != nil || m.Name != in.Plugin || m.Version != in.Version {
-		return reconcile.Delivery{}, fmt.Errorf("verify %s@%s on %s: manifest read back is %q (%v)", in.Plugin, in.Version, in.Workspace.InstanceID, data, err)
+	// Verify the manifest read back (by the install's own command).
+	if m, err := reconcile.ParseManifest(inst.Manifest); err != nil || m.Name != in.Plugin || m.Version != in.Version {
+		return reconcile.Delivery{}, fmt.Errorf("verify %s@%s on %s: manifest read back is %q (%v)", in.Plugin, in.Version, in.Workspace.InstanceID, inst.Manifest, err)
 	}
 	if !inst.Changed {
 		// Nothing swapped: this attempt's mark owes nothing. (A swap by an

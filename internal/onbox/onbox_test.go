@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -205,6 +206,7 @@ func TestCutTransferKeepsPreviousVersion(t *testing.T) {
 	_, _ = rand.Read(noise)
 	big := fleettest.PackPlugin(t, "github-tools", "9.9.9", map[string]string{"blob": string(noise)})
 
+	before := topLevel(t, e.Box.PluginRoot)
 	c, cancel := context.WithCancel(ctx(t))
 	defer cancel()
 	_, err := e.Ops.Install(c, e.Target, "github-tools", "9.9.9", big, func(sent int64) {
@@ -214,11 +216,11 @@ func TestCutTransferKeepsPreviousVersion(t *testing.T) {
 	})
 	require.ErrorIs(t, err, context.Canceled)
 
-	// The box notices the cut, fails the size check and cleans up.
+	// The box notices the cut (the transfer's archive ends early) and
+	// cleans up before any install starts.
 	require.Eventually(t, func() bool {
-		return len(topLevel(t, e.Box.PluginRoot)) == 4
+		return slices.Equal(before, topLevel(t, e.Box.PluginRoot))
 	}, 10*time.Second, 50*time.Millisecond, "staging left behind: %v", topLevel(t, e.Box.PluginRoot))
-	require.ElementsMatch(t, []string{".", "github-tools", ".github-tools.lock", ".reconciler"}, topLevel(t, e.Box.PluginRoot))
 	_, journal, err := e.Ops.ReadRestartState(ctx(t), e.Target)
 	require.NoError(t, err)
 	require.Empty(t, journal, "a cut transfer swapped nothing and owes nothing")
@@ -389,4 +391,83 @@ func kinds(events []fleet.Event) []fleet.EventKind {
 		out = append(out, e.Kind)
 	}
 	return out
+}
+
+// Installs that reach a box together share one transfer and one command;
+// each bundle is still installed and answered on its own: one that fails
+// on the box fails alone, and one whose caller has gone before its command
+// starts is not installed.
+func TestConcurrentInstallsShareACommandAndFailAlone(t *testing.T) {
+	e := newEnv(t, eic.Direct, nil)
+	_, err := e.Ops.ReadManifest(ctx(t), e.Target, "github-tools") // dial first
+	require.NoError(t, err)
+	// "broken" cannot take its lock on the box.
+	require.NoError(t, os.MkdirAll(filepath.Join(e.Box.PluginRoot, ".broken.lock"), 0o755))
+	noise := make([]byte, 1<<20)
+	_, _ = rand.Read(noise)
+	first := fleettest.PackPlugin(t, "first", "1.0.0", map[string]string{"blob": string(noise)})
+
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	before := e.Access.Stats().Commands
+	type outcome struct {
+		got onbox.Installed
+		err error
+	}
+	results := map[string]outcome{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	install := func(c context.Context, name string, data []byte, progress func(int64)) {
+		defer wg.Done()
+		got, err := e.Ops.Install(c, e.Target, name, "1.0.0", data, progress)
+		mu.Lock()
+		results[name] = outcome{got, err}
+		mu.Unlock()
+	}
+	// The first install's transfer is held, so the others gather behind it.
+	wg.Add(1)
+	go install(ctx(t), "first", first, func(int64) {
+		once.Do(func() { close(started); <-release })
+	})
+	<-started
+	names := []string{"alpha", "beta", "gamma", "broken"}
+	for _, n := range names {
+		wg.Add(1)
+		go install(ctx(t), n, fleettest.PackPlugin(t, n, "1.0.0", map[string]string{"bin/run": n}), nil)
+	}
+	gone, cancel := context.WithCancel(ctx(t))
+	wg.Add(1)
+	go install(gone, "gone", fleettest.PackPlugin(t, "gone", "1.0.0", nil), nil)
+	time.Sleep(300 * time.Millisecond) // let them join the next batch
+	cancel()
+	time.Sleep(100 * time.Millisecond)
+	close(release)
+	wg.Wait()
+
+	require.Equal(t, int64(2), e.Access.Stats().Commands-before, "the held install, then one command for the rest")
+	for _, n := range []string{"first", "alpha", "beta", "gamma"} {
+		r := results[n]
+		require.NoError(t, r.err, n)
+		require.True(t, r.got.Changed, n)
+		require.Equal(t, e.Box.Identity(), r.got.Identity, n)
+		require.Contains(t, string(r.got.Manifest), "name: "+n, "%s: the manifest read back", n)
+		m, err := os.ReadFile(e.Box.ManifestPath(n))
+		require.NoError(t, err)
+		require.Equal(t, string(m), string(r.got.Manifest), n)
+	}
+	require.ErrorContains(t, results["broken"].err, "install broken on "+e.Box.InstanceID)
+	require.NoDirExists(t, filepath.Join(e.Box.PluginRoot, "broken"))
+	require.ErrorIs(t, results["gone"].err, context.Canceled)
+	require.NoDirExists(t, filepath.Join(e.Box.PluginRoot, "gone"), "a caller gone before its command started: not installed")
+
+	_, journal, err := e.Ops.ReadRestartState(ctx(t), e.Target)
+	require.NoError(t, err)
+	for _, n := range []string{"first", "alpha", "beta", "gamma"} {
+		require.Equal(t, 2, strings.Count(journal, n+" "), "%s journaled before and after its swap:\n%s", n, journal)
+	}
+	require.NotContains(t, journal, "broken")
+	require.NotContains(t, journal, "gone")
+	for _, name := range topLevel(t, e.Box.PluginRoot) {
+		require.False(t, strings.HasPrefix(name, ".batch-") || strings.HasPrefix(name, ".staging-"), "left behind: %s", name)
+	}
 }

@@ -1,14 +1,17 @@
 // Package onbox is what the reconciler does on a box, over box access
 // (internal/eic): read a plugin's manifest (concurrent reads of one box
-// share a command), install a bundle atomically and journal the swap, read
+// share a command), install a bundle atomically and journal the swap
+// (concurrent installs on one box share a transfer and a command), read
 // the runtime's identity and the journal, restart the runtime under the
 // restart protocol's token, prune the journal. Every command is built from
 // validated names and quoted words; nothing from input is spliced raw.
 package onbox
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -53,7 +56,8 @@ type Ops struct {
 	cfg    Config
 
 	mu        sync.Mutex
-	manifests map[string]*manifestBox // batched manifest reads, per box
+	manifests *batcher[string, manifestRead] // plugin names -> their manifests
+	installs  *batcher[installRequest, installOutcome]
 	stop      chan struct{}
 	wg        sync.WaitGroup
 }
@@ -69,7 +73,10 @@ func New(access *eic.Access, cfg Config) *Ops {
 	if cfg.TokenGrace == 0 {
 		cfg.TokenGrace = time.Minute
 	}
-	return &Ops{access: access, cfg: cfg, manifests: map[string]*manifestBox{}, stop: make(chan struct{})}
+	o := &Ops{access: access, cfg: cfg, stop: make(chan struct{})}
+	o.manifests = newBatcher(o, "read manifests", manifestBatchTimeout, o.readManifestFiles)
+	o.installs = newBatcher(o, "install", installBatchTimeout, o.installBundles)
+	return o
 }
 
 // Close stops the batched reads in flight.
@@ -140,7 +147,7 @@ func (o *Ops) ReadManifest(ctx context.Context, t reconcile.Box, name string) ([
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
-	r, err := o.readManifestBatched(ctx, t, name)
+	r, err := o.manifests.do(ctx, t, name, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +170,8 @@ func (o *Ops) ReadManifest(ctx context.Context, t reconcile.Box, name string) ([
 // that keeps swaps and restarts apart, and the last restart token applied.
 func stateDir(t reconcile.Box) string { return t.PluginRoot + "/.reconciler" }
 
-// installScript unpacks a bundle read from stdin into <root>/<name>:
+// installScript unpacks a bundle read from stdin into <root>/<name> (the
+// variables root, name, want, wantm and size come from its environment):
 // receive into a staging file beside the target, check its size and digest,
 // unpack into a staging directory, then swap it in with two renames, keeping
 // the previous version until the swap has succeeded. A cut transfer fails
@@ -181,7 +189,6 @@ func stateDir(t reconcile.Box) string { return t.PluginRoot + "/.reconciler" }
 // same lines). It prints the identity it sealed the swap with.
 const installScript = `set -eu
 umask 022
-root=%s name=%s want=%s wantm=%s size=%d
 dst="$root/$name" stage="$root/.staging-$name" old="$root/.previous-$name" state="$root/.reconciler"
 mkdir -p "$root" "$state"
 exec 9>"$root/.$name.lock"
@@ -236,43 +243,150 @@ type Installed struct {
 	Changed bool
 	// Identity is the runtime identity the swap was journaled with.
 	Identity string
+	// Manifest is the plugin's manifest as the box holds it after the
+	// install, read back in the same command (nil when none could be
+	// read), so the caller can verify what is in place.
+	Manifest []byte
+}
+
+// installBatchTimeout bounds one batched install command.
+const installBatchTimeout = 10 * time.Minute
+
+// installRequest is one bundle to install in a batch.
+type installRequest struct {
+	name, digest, manifestDigest string
+	data                         []byte
+}
+
+// installOutcome is one bundle's outcome in a batch.
+type installOutcome struct {
+	installed Installed
+	err       error
 }
 
 // Install installs a packed bundle as <plugin_root>/<name> atomically. The
-// bundle is checked locally first (bundle.CheckPlugin): a bundle that could write
-// outside the plugin's directory, or that is not name@version, is refused
-// before anything is sent. When the box already holds exactly this bundle,
-// with its manifest intact, nothing is transferred. progress, if set, is
-// called as bytes are sent.
+// bundle is checked locally first (bundle.CheckPlugin): a bundle that could
+// write outside the plugin's directory, or that is not name@version, is
+// refused before anything is sent. Concurrent installs on one box share a
+// transfer and a command (see batcher and installBatchScript); each bundle
+// is still checked, swapped in and journaled on its own, and fails on its
+// own. When the box already holds exactly this bundle, with its manifest
+// intact, nothing changes. progress, if set, is called as bytes are sent.
 func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
-	dir, err := pluginDir(t, name)
-	if err != nil {
+	if _, err := pluginDir(t, name); err != nil {
 		return Installed{}, err
 	}
 	info, err := bundle.CheckPlugin(name, version, data)
 	if err != nil {
 		return Installed{}, err
 	}
-	digest := bundle.Digest(data)
-
-	// The same bundle already installed, and its manifest as the bundle has
-	// it: installing twice is a no-op. A manifest edited or corrupted on
-	// the box is repaired by installing again.
-	same, err := o.holds(ctx, t, dir, digest, info.ManifestDigest)
+	out, err := o.installs.do(ctx, t, installRequest{name: name, digest: bundle.Digest(data), manifestDigest: info.ManifestDigest, data: data}, progress)
 	if err != nil {
 		return Installed{}, err
 	}
-	if same {
-		return Installed{}, nil
-	}
+	return out.installed, out.err
+}
 
-	script := fmt.Sprintf(installScript, quote(t.PluginRoot), quote(name), quote(digest), quote(info.ManifestDigest), len(data), quote(o.cfg.IdentityCommand))
-	var in io.Reader = bytes.NewReader(data)
-	if progress != nil {
-		in = &progressReader{r: in, fn: progress}
+// installBatchScript receives a batch's bundles as one uncompressed tar
+// stream (member i is bundle i) into a directory beside the plugins, then
+// runs installScript for each in turn with the bundle as its input, and
+// answers one line per bundle: the script's exit status, its output and its
+// error output (base64), and the plugin's manifest as it then is (base64;
+// empty when it is not a readable regular file). One bundle's failure does
+// not stop the others. A cut transfer fails tar before any install runs;
+// the EXIT trap removes the batch directory on every exit. The install
+// script is passed once, in a variable, so the command grows by a line per
+// bundle.
+const installBatchScript = `set -u
+umask 022
+root=%s
+s=%s
+mkdir -p "$root" || exit 1
+b=$(mktemp -d "$root/.batch-XXXXXX") || exit 1
+trap 'rm -rf "$b"' EXIT
+trap 'exit 70' HUP INT TERM
+trap '' PIPE
+if ! tar -x -C "$b" -f - --no-same-owner --no-same-permissions; then echo "transfer cut short" >&2; exit 65; fi
+answer() {
+  printf '%%s ' "$st"; printf '%%s' "$out" | base64 -w0; printf ' '; head -c 4096 "$b/$1.err" | base64 -w0; printf ' '
+  m="$root/$2/plugin.yaml"
+  if [ -f "$m" ] && [ ! -L "$m" ] && [ -r "$m" ]; then head -c %d -- "$m" | base64 -w0; fi
+  echo
+}
+`
+
+// installBatchLine installs bundle i of a batch and answers for it.
+const installBatchLine = `out=$(root="$root" name=%[2]s want=%[3]s wantm=%[4]s size=%[5]d sh -c "$s" <"$b/%[1]d" 2>"$b/%[1]d.err"); st=$?; answer %[1]d %[2]s
+`
+
+// installBundles installs a batch's bundles in one command (see
+// installBatchScript). An error is the batch's (the transfer, the
+// connection); each bundle's own failure is in its outcome.
+func (o *Ops) installBundles(ctx context.Context, t reconcile.Box, reqs []installRequest, sent func(int64)) ([]installOutcome, error) {
+	var archive bytes.Buffer
+	tw := tar.NewWriter(&archive)
+	var script strings.Builder
+	fmt.Fprintf(&script, installBatchScript, quote(t.PluginRoot), quote(fmt.Sprintf(installScript, quote(o.cfg.IdentityCommand))), reconcile.MaxManifestBytes+1)
+	names := make([]string, len(reqs))
+	for i, r := range reqs {
+		names[i] = r.name
+		if err := tw.WriteHeader(&tar.Header{Name: strconv.Itoa(i), Mode: 0o600, Size: int64(len(r.data)), Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(r.data); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&script, installBatchLine, i, quote(r.name), quote(r.digest), quote(r.manifestDigest), len(r.data))
 	}
-	changed, id, err := o.change(ctx, t, "install "+name+" on", script, in, "unchanged", "installed")
-	return Installed{Changed: changed, Identity: id}, err
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	what := "install " + strings.Join(names, ", ") + " on"
+	var in io.Reader = &archive
+	if sent != nil {
+		in = &progressReader{r: in, fn: sent}
+	}
+	perBundle := int64(base64.StdEncoding.EncodedLen(1024) + base64.StdEncoding.EncodedLen(4096) + base64.StdEncoding.EncodedLen(reconcile.MaxManifestBytes+1) + 16)
+	out, status, err := o.access.Run(ctx, t, "sh -c "+quote(script.String()), in, int64(len(reqs))*perBundle)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, t.InstanceID, err)
+	}
+	if status != 0 {
+		return nil, fmt.Errorf("%s %s: exit %d", what, t.InstanceID, status)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if len(lines) != len(reqs) {
+		return nil, fmt.Errorf("%s %s: %d answers for %d bundles", what, t.InstanceID, len(lines), len(reqs))
+	}
+	outcomes := make([]installOutcome, len(reqs))
+	for i, line := range lines {
+		outcomes[i] = installAnswer(t, reqs[i].name, line)
+	}
+	return outcomes, nil
+}
+
+// installAnswer reads one bundle's line of a batch's answer: its status,
+// output, error output and manifest.
+func installAnswer(t reconcile.Box, name, line string) installOutcome {
+	what := "install " + name + " on"
+	fields := strings.Split(line, " ")
+	if len(fields) != 4 {
+		return installOutcome{err: fmt.Errorf("%s %s: malformed answer", what, t.InstanceID)}
+	}
+	status, err := strconv.Atoi(fields[0])
+	var decoded [3][]byte
+	for i := 0; err == nil && i < 3; i++ {
+		decoded[i], err = base64.StdEncoding.DecodeString(fields[i+1])
+	}
+	if err != nil {
+		return installOutcome{err: fmt.Errorf("%s %s: malformed answer: %w", what, t.InstanceID, err)}
+	}
+	var runErr error
+	if msg := strings.TrimSpace(string(decoded[1])); status != 0 && msg != "" {
+		runErr = &eic.RemoteError{InstanceID: t.InstanceID, Status: status, Stderr: msg}
+	}
+	changed, id, err := changeAnswer(what, t, decoded[0], status, runErr, "unchanged", "installed")
+	return installOutcome{installed: Installed{Changed: changed, Identity: id, Manifest: decoded[2]}, err: err}
 }
 
 // change runs a script that changes the plugin root (an install, a
@@ -280,6 +394,12 @@ func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string
 // followed by the runtime identity the change was journaled with.
 func (o *Ops) change(ctx context.Context, t reconcile.Box, what, script string, in io.Reader, noop, done string) (changed bool, identity string, err error) {
 	out, status, err := o.access.Run(ctx, t, "sh -c "+quote(script), in, 1024)
+	return changeAnswer(what, t, out, status, err, noop, done)
+}
+
+// changeAnswer reads the answer of a script that changes the plugin root,
+// given what running it returned.
+func changeAnswer(what string, t reconcile.Box, out []byte, status int, err error, noop, done string) (changed bool, identity string, _ error) {
 	if err != nil {
 		return false, "", fmt.Errorf("%s %s: %w", what, t.InstanceID, err)
 	}
@@ -292,23 +412,6 @@ func (o *Ops) change(ctx context.Context, t reconcile.Box, what, script string, 
 		return false, "", fmt.Errorf("%s %s: exit %d: %s", what, t.InstanceID, status, out)
 	}
 	return true, id, nil
-}
-
-// holds reports whether the plugin directory dir holds the bundle with
-// digest, with its manifest intact.
-func (o *Ops) holds(ctx context.Context, t reconcile.Box, dir, digest, manifestDigest string) (bool, error) {
-	cmd := fmt.Sprintf(`d=%s; if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$d/.bundle-digest" ] && [ -f "$d/%s" ] && [ ! -L "$d/%s" ]; then head -c 100 "$d/.bundle-digest"; sha256sum <"$d/%s"; else exit %d; fi`,
-		quote(dir), reconcile.ManifestFile, reconcile.ManifestFile, reconcile.ManifestFile, exitNotFound)
-	out, status, err := o.access.Run(ctx, t, cmd, nil, 512)
-	if err != nil || status != 0 {
-		return false, err
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 2 {
-		return false, nil
-	}
-	sum, _, _ := strings.Cut(lines[1], " ")
-	return strings.TrimSpace(lines[0]) == digest && "sha256:"+sum == manifestDigest, nil
 }
 
 // RuntimeIdentity returns the identity of the box's running agent runtime;

@@ -17,8 +17,8 @@ type noop struct{ version string }
 func (n noop) ReadManifest(_ context.Context, _ reconcile.Box, name string) ([]byte, error) {
 	return reconcile.Manifest{Name: name, Version: n.version}.Marshal(), nil
 }
-func (noop) Install(context.Context, reconcile.Box, string, string, []byte, func(int64)) (onbox.Installed, error) {
-	return onbox.Installed{}, nil
+func (noop) Install(_ context.Context, _ reconcile.Box, name, version string, _ []byte, _ func(int64)) (onbox.Installed, error) {
+	return onbox.Installed{Manifest: reconcile.Manifest{Name: name, Version: version}.Marshal()}, nil
 }
 func (noop) ReadRestartState(context.Context, reconcile.Box) (string, string, error) {
 	return "noop", "", nil
