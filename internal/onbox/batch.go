@@ -24,8 +24,11 @@ import (
 type batcher[Req, Ans any] struct {
 	o       *Ops
 	what    string
-	timeout time.Duration
-	run     func(ctx context.Context, t reconcile.Box, reqs []Req, sent func(int64)) ([]Ans, error)
+	timeout time.Duration // of one command, from its start
+	// full says a batch takes no more requests: the next ones open a batch
+	// of their own, which runs after it.
+	full func(reqs []Req) bool
+	run  func(ctx context.Context, t reconcile.Box, reqs []Req, sent func(int64)) ([]Ans, error)
 
 	boxes map[string]*batchBox[Req, Ans] // by box, under o.mu
 }
@@ -59,9 +62,9 @@ type batchCaller struct {
 
 func batchKey(t reconcile.Box) string { return t.PluginRoot + "\x00" + t.HostKey }
 
-func newBatcher[Req, Ans any](o *Ops, what string, timeout time.Duration,
+func newBatcher[Req, Ans any](o *Ops, what string, timeout time.Duration, full func([]Req) bool,
 	run func(ctx context.Context, t reconcile.Box, reqs []Req, sent func(int64)) ([]Ans, error)) *batcher[Req, Ans] {
-	return &batcher[Req, Ans]{o: o, what: what, timeout: timeout, run: run, boxes: map[string]*batchBox[Req, Ans]{}}
+	return &batcher[Req, Ans]{o: o, what: what, timeout: timeout, full: full, run: run, boxes: map[string]*batchBox[Req, Ans]{}}
 }
 
 // do joins (or opens) the box's open batch and waits for its answer to req.
@@ -81,7 +84,7 @@ func (b *batcher[Req, Ans]) do(ctx context.Context, t reconcile.Box, req Req, pr
 		b.boxes[key] = box
 	}
 	bt := box.open[batchKey(t)]
-	if bt == nil {
+	if bt == nil || b.full(bt.reqs) {
 		bt = &batch[Req, Ans]{t: t, done: make(chan struct{})}
 		box.open[batchKey(t)] = bt
 		box.users++
@@ -119,7 +122,7 @@ func (b *batcher[Req, Ans]) do(ctx context.Context, t reconcile.Box, req Req, pr
 // command.
 func (b *batcher[Req, Ans]) runBatch(key string, box *batchBox[Req, Ans], bt *batch[Req, Ans]) {
 	defer b.o.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
 		select {
@@ -137,8 +140,12 @@ func (b *batcher[Req, Ans]) runBatch(key string, box *batchBox[Req, Ans], bt *ba
 		defer func() { <-box.turn }()
 	case <-ctx.Done():
 	}
+	ctx, stopTimer := context.WithTimeout(ctx, b.timeout) // the command's own time
+	defer stopTimer()
 	b.o.mu.Lock()
-	delete(box.open, batchKey(bt.t))
+	if box.open[batchKey(bt.t)] == bt {
+		delete(box.open, batchKey(bt.t))
+	}
 	bt.ran = make([]bool, len(bt.reqs))
 	var reqs []Req
 	var live []int
@@ -155,8 +162,8 @@ func (b *batcher[Req, Ans]) runBatch(key string, box *batchBox[Req, Ans], bt *ba
 
 	sent := func(n int64) {
 		for _, i := range live {
-			if p := bt.callers[i].progress; p != nil {
-				p(n)
+			if c := bt.callers[i]; c.progress != nil && c.ctx.Err() == nil {
+				c.progress(n)
 			}
 		}
 	}

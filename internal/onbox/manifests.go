@@ -20,6 +20,10 @@ import (
 // manifestBatchTimeout bounds one batched command.
 const manifestBatchTimeout = 45 * time.Second
 
+// maxManifestBatch bounds the reads in one command (the command grows by a
+// path per read).
+const maxManifestBatch = 256
+
 // manifestRead is one file's outcome in a batch.
 type manifestRead struct {
 	status int // 0, exitNotFound, exitNotRegular, exitUnreadable

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -470,4 +471,29 @@ func TestConcurrentInstallsShareACommandAndFailAlone(t *testing.T) {
 	for _, name := range topLevel(t, e.Box.PluginRoot) {
 		require.False(t, strings.HasPrefix(name, ".batch-") || strings.HasPrefix(name, ".staging-"), "left behind: %s", name)
 	}
+}
+
+// A batch directory left by a shell killed outright (no EXIT trap) is
+// removed by a later install once it is an hour old; a recent one, which
+// may be another batch's in progress, is left alone.
+func TestInstallSweepsOldBatchDirectories(t *testing.T) {
+	e := newEnv(t, eic.Direct, nil)
+	old, recent := filepath.Join(e.Box.PluginRoot, ".batch-killed"), filepath.Join(e.Box.PluginRoot, ".batch-running")
+	for _, d := range []string{old, recent} {
+		require.NoError(t, os.MkdirAll(d, 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(d, "0"), []byte("bundle"), 0o600))
+	}
+	// Made by the box's login user, as a batch is.
+	root, err := os.Stat(e.Box.PluginRoot)
+	require.NoError(t, err)
+	owner := root.Sys().(*syscall.Stat_t)
+	for _, p := range []string{old, filepath.Join(old, "0"), recent, filepath.Join(recent, "0")} {
+		require.NoError(t, os.Lchown(p, int(owner.Uid), int(owner.Gid)))
+	}
+	twoHoursAgo := time.Now().Add(-2 * time.Hour)
+	require.NoError(t, os.Chtimes(old, twoHoursAgo, twoHoursAgo))
+	_, err = e.Ops.Install(ctx(t), e.Target, "alpha", "1.0.0", fleettest.PackPlugin(t, "alpha", "1.0.0", nil), nil)
+	require.NoError(t, err)
+	require.NoDirExists(t, old)
+	require.DirExists(t, recent)
 }

@@ -74,8 +74,8 @@ func New(access *eic.Access, cfg Config) *Ops {
 		cfg.TokenGrace = time.Minute
 	}
 	o := &Ops{access: access, cfg: cfg, stop: make(chan struct{})}
-	o.manifests = newBatcher(o, "read manifests", manifestBatchTimeout, o.readManifestFiles)
-	o.installs = newBatcher(o, "install", installBatchTimeout, o.installBundles)
+	o.manifests = newBatcher(o, "read manifests", manifestBatchTimeout, func(names []string) bool { return len(names) >= maxManifestBatch }, o.readManifestFiles)
+	o.installs = newBatcher(o, "install", installBatchTimeout, installBatchFull, o.installBundles)
 	return o
 }
 
@@ -252,6 +252,23 @@ type Installed struct {
 // installBatchTimeout bounds one batched install command.
 const installBatchTimeout = 10 * time.Minute
 
+// A batch of installs holds at most maxInstallBatch bundles and, past the
+// first, maxInstallBatchBytes: the command grows by a line per bundle (an
+// argument is at most 128 KiB), and a large bundle should not hold many
+// others to its transfer.
+const (
+	maxInstallBatch      = 32
+	maxInstallBatchBytes = 32 << 20
+)
+
+func installBatchFull(reqs []installRequest) bool {
+	size := 0
+	for _, r := range reqs {
+		size += len(r.data)
+	}
+	return len(reqs) >= maxInstallBatch || size >= maxInstallBatchBytes
+}
+
 // installRequest is one bundle to install in a batch.
 type installRequest struct {
 	name, digest, manifestDigest string
@@ -273,6 +290,9 @@ type installOutcome struct {
 // own. When the box already holds exactly this bundle, with its manifest
 // intact, nothing changes. progress, if set, is called as bytes are sent.
 func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string, data []byte, progress func(sent int64)) (Installed, error) {
+	if err := t.Validate(); err != nil {
+		return Installed{}, err
+	}
 	if _, err := pluginDir(t, name); err != nil {
 		return Installed{}, err
 	}
@@ -284,6 +304,9 @@ func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string
 	if err != nil {
 		return Installed{}, err
 	}
+	if len(out.installed.Manifest) == 0 {
+		out.installed.Manifest = nil
+	}
 	return out.installed, out.err
 }
 
@@ -293,25 +316,29 @@ func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string
 // answers one line per bundle: the script's exit status, its output and its
 // error output (base64), and the plugin's manifest as it then is (base64;
 // empty when it is not a readable regular file). One bundle's failure does
-// not stop the others. A cut transfer fails tar before any install runs;
-// the EXIT trap removes the batch directory on every exit. The install
-// script is passed once, in a variable, so the command grows by a line per
-// bundle.
+// not stop the others. The archive ends with a member named "end": a
+// transfer cut anywhere, even between members, fails before any install
+// runs. Once the caller has gone (an answer cannot be written), the
+// bundles not yet installed are not. The EXIT trap removes the batch
+// directory on every exit it sees; one left by a killed shell is removed by
+// a later batch once it is an hour old. The install script is passed once,
+// in a variable, so the command grows by a line per bundle.
 const installBatchScript = `set -u
 umask 022
 root=%s
 s=%s
 mkdir -p "$root" || exit 1
+find "$root" -maxdepth 1 -name '.batch-*' -type d -mmin +60 -exec rm -rf {} + 2>/dev/null
 b=$(mktemp -d "$root/.batch-XXXXXX") || exit 1
 trap 'rm -rf "$b"' EXIT
 trap 'exit 70' HUP INT TERM
 trap '' PIPE
-if ! tar -x -C "$b" -f - --no-same-owner --no-same-permissions; then echo "transfer cut short" >&2; exit 65; fi
+if ! tar -x -C "$b" -f - --no-same-owner --no-same-permissions || [ ! -f "$b/end" ]; then echo "transfer cut short" >&2; exit 65; fi
 answer() {
-  printf '%%s ' "$st"; printf '%%s' "$out" | base64 -w0; printf ' '; head -c 4096 "$b/$1.err" | base64 -w0; printf ' '
+  a="$st $(printf '%%s' "$out" | base64 -w0) $(head -c 4096 "$b/$1.err" | base64 -w0) "
   m="$root/$2/plugin.yaml"
-  if [ -f "$m" ] && [ ! -L "$m" ] && [ -r "$m" ]; then head -c %d -- "$m" | base64 -w0; fi
-  echo
+  if [ -f "$m" ] && [ ! -L "$m" ] && [ -r "$m" ]; then a="$a$(head -c %d -- "$m" | base64 -w0)"; fi
+  printf '%%s\n' "$a" || exit 71
 }
 `
 
@@ -337,6 +364,9 @@ func (o *Ops) installBundles(ctx context.Context, t reconcile.Box, reqs []instal
 			return nil, err
 		}
 		fmt.Fprintf(&script, installBatchLine, i, quote(r.name), quote(r.digest), quote(r.manifestDigest), len(r.data))
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "end", Mode: 0o600, Typeflag: tar.TypeReg}); err != nil {
+		return nil, err
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err
