@@ -355,16 +355,12 @@ func (a *Access) session(ctx context.Context, t reconcile.Box, fn func(*ssh.Sess
 	}
 }
 
-// dial looks the instance up, pushes a fresh key and opens SSH.
+// dial looks the instance up, pushes a fresh key and opens SSH. When the
+// workspace row holds the availability zone, the look-up and the push do
+// not depend on each other and run together (one AWS round trip, not two);
+// a failed look-up still decides the error (a key pushed to an instance
+// that is gone expires unused in 60 s).
 func (a *Access) dial(ctx context.Context, t reconcile.Box) (*ssh.Client, error) {
-	ip, az, err := a.describe(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	if t.AvailabilityZone == "" {
-		t.AvailabilityZone = az
-	}
-
 	// The key lives only in this function's memory: it is pushed, used for
 	// one handshake and dropped. EIC honours it for 60 s.
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
@@ -382,8 +378,27 @@ func (a *Access) dial(ctx context.Context, t reconcile.Box) (*ssh.Client, error)
 	if err != nil {
 		return nil, fmt.Errorf("public key: %w", err)
 	}
-	if err := a.pushKey(ctx, t, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub)))); err != nil {
-		return nil, err
+	authorizedKey := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub)))
+	var ip string
+	if t.AvailabilityZone != "" {
+		pushed := make(chan error, 1)
+		go func() { pushed <- a.pushKey(ctx, t, authorizedKey) }()
+		ip, _, err = a.describe(ctx, t)
+		if perr := <-pushed; err == nil {
+			err = perr
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		var az string
+		if ip, az, err = a.describe(ctx, t); err != nil {
+			return nil, err
+		}
+		t.AvailabilityZone = az
+		if err := a.pushKey(ctx, t, authorizedKey); err != nil {
+			return nil, err
+		}
 	}
 
 	addr := net.JoinHostPort(ip, strconv.Itoa(a.cfg.Port))

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
@@ -357,4 +359,55 @@ func TestBoxLatencyIsAddedEachWay(t *testing.T) {
 	_, err = e.ops.RuntimeIdentity(ctx(t), e.target)
 	require.NoError(t, err)
 	require.Less(t, time.Since(start), 200*time.Millisecond)
+}
+
+// describeAfterPush holds DescribeInstances until SendSSHPublicKey has been
+// called: a dial that makes the two calls one after the other never gets
+// its answer.
+type describeAfterPush struct {
+	eic.EC2API
+	pushed <-chan struct{}
+}
+
+func (d describeAfterPush) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	select {
+	case <-d.pushed:
+	case <-time.After(5 * time.Second):
+		return nil, errors.New("DescribeInstances was not overlapped with SendSSHPublicKey")
+	}
+	return d.EC2API.DescribeInstances(ctx, in, opts...)
+}
+
+type pushSignal struct {
+	eic.InstanceConnectAPI
+	once   *sync.Once
+	pushed chan struct{}
+}
+
+func (p pushSignal) SendSSHPublicKey(ctx context.Context, in *ec2instanceconnect.SendSSHPublicKeyInput, opts ...func(*ec2instanceconnect.Options)) (*ec2instanceconnect.SendSSHPublicKeyOutput, error) {
+	p.once.Do(func() { close(p.pushed) })
+	return p.InstanceConnectAPI.SendSSHPublicKey(ctx, in, opts...)
+}
+
+// With the availability zone in the workspace row, the instance look-up and
+// the key push do not depend on each other: a dial makes them together (one
+// AWS round trip). A failed look-up still decides the error.
+func TestDialOverlapsLookUpAndKeyPush(t *testing.T) {
+	pushed := make(chan struct{})
+	e := newEnv(t, eic.Direct, func(c *eic.Config) {
+		c.EC2 = describeAfterPush{EC2API: c.EC2, pushed: pushed}
+		c.InstanceConnect = pushSignal{InstanceConnectAPI: c.InstanceConnect, once: &sync.Once{}, pushed: pushed}
+	})
+	target := e.target
+	target.AvailabilityZone = e.box.AvailabilityZone // as the workspace row holds it
+	require.NotEmpty(t, target.AvailabilityZone)
+	_, err := e.ops.ReadManifest(ctx(t), target, "github-tools")
+	require.NoError(t, err)
+	require.Equal(t, 1, e.aws.KeyPushes(e.box.InstanceID))
+
+	unknown := target
+	unknown.InstanceID = "i-0000000000000dead"
+	_, err = e.ops.ReadManifest(ctx(t), unknown, "github-tools")
+	var ue *eic.UnknownInstanceError
+	require.ErrorAs(t, err, &ue, "the look-up's error, not the push's")
 }
