@@ -357,6 +357,7 @@ func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.Work
 	if err := in.Validate(); err != nil {
 		return nil, err
 	}
+	indexed := temporal.NewSearchAttributes(initialSearch(in)...)
 	if in.DryRun {
 		return c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 			ID:                       PlanWorkflowID(in.WorkspaceID),
@@ -364,6 +365,7 @@ func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.Work
 			WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
 			StaticSummary:            fmt.Sprintf("plan for %s: %d plugins", in.WorkspaceID, len(in.Plugins)),
+			TypedSearchAttributes:    indexed,
 		}, ReconcileWorkspace, in)
 	}
 	return c.SignalWithStartWorkflow(ctx, ReconcileWorkflowID(in.WorkspaceID), SignalDeclare, in.declaration(),
@@ -371,7 +373,26 @@ func Start(ctx context.Context, c client.Client, in ReconcileInput) (client.Work
 			TaskQueue:             TaskQueue,
 			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 			StaticSummary:         fmt.Sprintf("reconcile %s: %d plugins", in.WorkspaceID, len(in.Plugins)),
+			TypedSearchAttributes: indexed,
 		}, ReconcileWorkspace, in)
+}
+
+// initialSearch is what a reconcile is indexed by from its start: the
+// workspace, the outcome "running", and the plugin names when they fit.
+func initialSearch(in ReconcileInput) []temporal.SearchAttributeUpdate {
+	out := []temporal.SearchAttributeUpdate{SearchWorkspaceID.ValueSet(in.WorkspaceID), SearchOutcome.ValueSet(OutcomeRunning)}
+	if names, ok := indexedPluginNames(in.Plugins); ok {
+		out = append(out, SearchPluginNames.ValueSet(names))
+	}
+	return out
+}
+
+// indexedAtStart reports whether a run's start carried its initial search
+// attributes (Start sets them), so it need not upsert them.
+func indexedAtStart(sa temporal.SearchAttributes, in ReconcileInput) bool {
+	ws, _ := sa.GetKeyword(SearchWorkspaceID)
+	outcome, _ := sa.GetKeyword(SearchOutcome)
+	return ws == in.WorkspaceID && outcome == OutcomeRunning
 }
 
 // Result waits for a reconcile and returns its result. A run that ended with

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 )
@@ -123,4 +124,23 @@ func TestASweepsReconcileConverges(t *testing.T) {
 	} {
 		require.Equal(t, tt.want, tt.in.declaration().Converge, tt.desc)
 	}
+}
+
+func TestIndexedAtStart(t *testing.T) {
+	in := ReconcileInput{WorkspaceID: "ws-1", Plugins: []Plugin{{Name: "gh", Version: "1.0.0"}}}
+	for _, c := range []struct {
+		name string
+		sa   temporal.SearchAttributes
+		want bool
+	}{
+		{"started by Start", temporal.NewSearchAttributes(initialSearch(in)...), true},
+		{"started without (a child, an older starter)", temporal.NewSearchAttributes(), false},
+		{"another workspace's", temporal.NewSearchAttributes(initialSearch(ReconcileInput{WorkspaceID: "ws-2", Plugins: in.Plugins})...), false},
+		{"workspace only", temporal.NewSearchAttributes(SearchWorkspaceID.ValueSet("ws-1")), false},
+		{"an ended outcome", temporal.NewSearchAttributes(SearchWorkspaceID.ValueSet("ws-1"), SearchOutcome.ValueSet(OutcomeRestarted)), false},
+	} {
+		require.Equal(t, c.want, indexedAtStart(c.sa, in), c.name)
+	}
+	// The plugin names are indexed from the start when they fit.
+	require.Len(t, initialSearch(in), 3)
 }

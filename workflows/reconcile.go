@@ -132,12 +132,14 @@ func (r *run) start(ctx workflow.Context) (work, error) {
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) { return r.status(), nil }); err != nil {
 		return work{}, err
 	}
-	initial := []temporal.SearchAttributeUpdate{SearchWorkspaceID.ValueSet(r.in.WorkspaceID), SearchOutcome.ValueSet(OutcomeRunning)}
-	if names, ok := indexedPluginNames(r.in.Plugins); ok {
-		initial = append(initial, SearchPluginNames.ValueSet(names))
-	}
-	if err := r.search(ctx, initial...); err != nil {
-		return work{}, err
+	// Started by Start, the run carries its initial search attributes
+	// from its start (one upsert, and a Temporal action, fewer); started
+	// otherwise (as a child, or by an older starter), it sets them now.
+	// Either way the history says which, so replay decides the same.
+	if !indexedAtStart(workflow.GetTypedSearchAttributes(ctx), r.in) {
+		if err := r.search(ctx, initialSearch(r.in)...); err != nil {
+			return work{}, err
+		}
 	}
 	// Runs started before declarations were kept reconcile their input and
 	// the declarations signalled to them, and keep nothing.
