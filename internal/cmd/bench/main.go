@@ -65,6 +65,7 @@ type result struct {
 	pushes, handshakes   int
 	commands             int     // remote commands (SSH sessions) on the boxes
 	events               float64 // history events per workspace (sampled)
+	actions              float64 // Temporal actions per workspace (sampled; see countEvents)
 	deliveries, restarts int
 	wantRestarts         int
 	cpu                  time.Duration
@@ -82,7 +83,7 @@ type resultJSON struct {
 	Wall, P50, P95       time.Duration
 	Pushes, Handshakes   int
 	Commands             int
-	Events               float64
+	Events, Actions      float64
 	Deliveries, Restarts int
 	WantRestarts         int
 	CPU, BoxCPU          time.Duration
@@ -92,13 +93,13 @@ type resultJSON struct {
 }
 
 func toJSON(r result) resultJSON {
-	return resultJSON{r.name, r.wall, r.p50, r.p95, r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts,
+	return resultJSON{r.name, r.wall, r.p50, r.p95, r.pushes, r.handshakes, r.commands, r.events, r.actions, r.deliveries, r.restarts,
 		r.wantRestarts, r.cpu, r.boxCPU, r.selfCPU, r.allCPU, r.rssMB, r.failed}
 }
 
 func fromJSON(j resultJSON) result {
 	return result{name: j.Name, wall: j.Wall, p50: j.P50, p95: j.P95, pushes: j.Pushes, handshakes: j.Handshakes,
-		commands: j.Commands, events: j.Events, deliveries: j.Deliveries, restarts: j.Restarts, wantRestarts: j.WantRestarts,
+		commands: j.Commands, events: j.Events, actions: j.Actions, deliveries: j.Deliveries, restarts: j.Restarts, wantRestarts: j.WantRestarts,
 		cpu: j.CPU, boxCPU: j.BoxCPU, selfCPU: j.SelfCPU, allCPU: j.AllCPU, rssMB: j.RSSMB, failed: j.Failed}
 }
 
@@ -124,7 +125,7 @@ func runEach(o options) error {
 			keys = append(keys, sc.key+":"+v.key)
 		}
 	}
-	keys = append(keys, "floor", "io")
+	keys = append([]string{"one"}, append(keys, "floor", "io")...)
 	for _, key := range keys {
 		file := filepath.Join(dir, strings.ReplaceAll(key, ":", "-")+".json")
 		cmd := exec.Command(exe, "-only", key, "-json", file,
@@ -172,7 +173,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: don't)")
 	flag.BoolVar(&o.naive, "naive", true, "also run the naive access path")
 	flag.IntVar(&o.pool, "pool", 3, "also run ours on a pool of this many worker processes (0: don't)")
-	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (boot, fresh, mixed, floor, io; boot:ours, boot:pool, boot:naive, ...); prints their figures, writes no report")
+	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (one, boot, fresh, mixed, floor, io; boot:ours, boot:pool, boot:naive, ...); prints their figures, writes no report")
 	flag.StringVar(&o.jsonOut, "json", "", "with -only: also write the figures as JSON to this file")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server, and the floor's worker) to this file")
 	naiveWorker := flag.Bool("naive-worker", false, "run as the naive path's worker (configured by the environment, as the worker is)")
@@ -241,10 +242,15 @@ func run(o options) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	alone, err := b.runAlone(ctx)
+	if err != nil {
+		return err
+	}
 	rows, err := b.runScenarios(ctx)
 	if err != nil {
 		return err
 	}
+	rows = append(alone, rows...)
 	orch, io, err := b.runFloors(ctx)
 	if err != nil {
 		return err
@@ -422,8 +428,8 @@ func printOnly(o options, runs []result) error {
 		if r.name == "" {
 			continue
 		}
-		fmt.Printf("%s: wall %.1f s, p50 %.1f s, p95 %.1f s, pushes %d, handshakes %d, box commands %d, events/ws %.0f, deliveries %d, restarts %d (%d needed), failed %d, worker CPU %.1f s, box CPU %.1f s, server CPU %.1f s, machine CPU %.1f s\n",
-			r.name, r.wall.Seconds(), r.p50.Seconds(), r.p95.Seconds(), r.pushes, r.handshakes, r.commands, r.events, r.deliveries, r.restarts, r.wantRestarts, r.failed, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds())
+		fmt.Printf("%s: wall %.1f s, p50 %.1f s, p95 %.1f s, pushes %d, handshakes %d, box commands %d, events/ws %.0f, actions/ws %.0f, deliveries %d, restarts %d (%d needed), failed %d, worker CPU %.1f s, box CPU %.1f s, server CPU %.1f s, machine CPU %.1f s\n",
+			r.name, r.wall.Seconds(), r.p50.Seconds(), r.p95.Seconds(), r.pushes, r.handshakes, r.commands, r.events, r.actions, r.deliveries, r.restarts, r.wantRestarts, r.failed, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds())
 		out = append(out, toJSON(r))
 	}
 	if o.jsonOut == "" {
@@ -536,42 +542,9 @@ func (b *bench) measure(ctx context.Context, prefix string, v variant, missing f
 			r.wantRestarts++
 		}
 	}
-	logf, err := os.Create(filepath.Join(b.dir, prefix+"-worker.log"))
-	if err != nil {
-		return r, err
-	}
-	defer logf.Close()
-	var cmds []*exec.Cmd
-	stopWorkers := func() {
-		for _, cmd := range cmds {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			_ = cmd.Wait()
-		}
-		cmds = nil
-	}
+	cmds, stopWorkers, err := b.startWorkers(ctx, v, fl, prefix)
 	defer stopWorkers()
-	for range v.workers {
-		// Ours is the worker program; the naive path is this program as a
-		// worker that dials per operation (-naive-worker).
-		cmd := exec.Command(b.bin)
-		if v.naive {
-			exe, err := os.Executable()
-			if err != nil {
-				return r, err
-			}
-			cmd = exec.Command(exe, "-naive-worker")
-		}
-		cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
-			"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
-		)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return r, err
-		}
-		cmds = append(cmds, cmd)
-	}
-	if err := b.polling(ctx, v.workers); err != nil {
+	if err != nil {
 		return r, err
 	}
 	workersCPU := func() (t time.Duration) {
@@ -613,8 +586,128 @@ func (b *bench) measure(ctx context.Context, prefix string, v variant, missing f
 			}
 		}
 	}
-	r.events = b.historyEvents(ctx, ids)
+	r.events, r.actions = b.historyEvents(ctx, ids)
 	return r, nil
+}
+
+// startWorkers starts v's worker processes against this run's server and
+// waits until they poll; stop ends them (they drain first), also after an
+// error.
+func (b *bench) startWorkers(ctx context.Context, v variant, fl *fleet.Fleet, prefix string) (cmds []*exec.Cmd, stop func(), err error) {
+	stop = func() {
+		for _, cmd := range cmds {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		cmds = nil
+	}
+	logf, err := os.Create(filepath.Join(b.dir, prefix+"-worker.log"))
+	if err != nil {
+		return nil, stop, err
+	}
+	defer logf.Close() // the processes keep their own descriptors
+	for range v.workers {
+		// Ours is the worker program; the naive path is this program as a
+		// worker that dials per operation (-naive-worker).
+		cmd := exec.Command(b.bin)
+		if v.naive {
+			exe, err := os.Executable()
+			if err != nil {
+				return cmds, stop, err
+			}
+			cmd = exec.Command(exe, "-naive-worker")
+		}
+		cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
+			"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
+			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
+		)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return cmds, stop, err
+		}
+		cmds = append(cmds, cmd)
+	}
+	return cmds, stop, b.polling(ctx, v.workers)
+}
+
+// aloneReps is how many times a workspace is reconciled alone.
+const aloneReps = 20
+
+// aloneName prefixes the rows of a workspace reconciled alone.
+const aloneName = "one workspace alone"
+
+// runAlone measures one workspace reconciled with nothing else running,
+// boot-installed and fresh: aloneReps times each, a new box every time, on
+// one worker whose connections and caches are warm from the first
+// repetitions only as much as a long-running worker's are.
+func (b *bench) runAlone(ctx context.Context) ([]result, error) {
+	if !b.o.wants("one") {
+		return nil, nil
+	}
+	stop, err := b.temporal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	fl, err := fleet.New(b.aws)
+	if err != nil {
+		return nil, err
+	}
+	defer fl.Close()
+	_, stopWorkers, err := b.startWorkers(ctx, variant{key: "ours", workers: 1}, fl, "alone")
+	defer stopWorkers()
+	if err != nil {
+		return nil, err
+	}
+	var out []result
+	for _, sc := range []struct {
+		name    string
+		missing bool
+	}{{"boot-installed", false}, {"fresh, all absent", true}} {
+		step("%s, %s: %d repetitions", aloneName, sc.name, aloneReps)
+		r := result{name: aloneName + ", " + sc.name}
+		lat := make([]time.Duration, aloneReps)
+		var ids []string
+		for i := range aloneReps {
+			boot := map[string]string{}
+			for _, p := range b.plugins {
+				if !sc.missing {
+					boot[p.Name] = p.Version
+				}
+			}
+			box, err := fl.Boot(ctx, b.cat, boot)
+			if err != nil {
+				return nil, err
+			}
+			box.SetLatency(b.o.sshLatency)
+			ws := fmt.Sprintf("alone-%d-%02d", len(out), i)
+			ids = append(ids, ws)
+			if err := b.st.UpsertWorkspace(ctx, store.Workspace{Box: box.Workspace(ws)}); err != nil {
+				return nil, err
+			}
+			wall, _, failed, err := b.trigger(ctx, []string{ws})
+			if err != nil {
+				return nil, err
+			}
+			lat[i], r.failed = wall, r.failed+failed
+			r.pushes += b.aws.KeyPushes(box.InstanceID)
+			r.handshakes += box.Logins()
+			r.commands += box.Commands()
+			r.restarts += box.Restarts()
+			if sc.missing {
+				r.wantRestarts++
+			}
+		}
+		slices.Sort(lat)
+		r.p50, r.p95 = lat[len(lat)/2], lat[len(lat)*95/100]
+		r.events, r.actions = b.historyEvents(ctx, ids)
+		for _, l := range lat {
+			r.wall += l
+		}
+		out = append(out, r)
+		step("%s: p50 %s, p95 %s", r.name, r.p50.Round(time.Millisecond), r.p95.Round(time.Millisecond))
+	}
+	return out, nil
 }
 
 // polling waits until Temporal sees n workers polling the activity queue,
@@ -633,34 +726,54 @@ func (b *bench) polling(ctx context.Context, n int) error {
 	}
 }
 
-// historyEvents averages the history events (parent and children) of up to
-// ten workspaces' reconciles.
-func (b *bench) historyEvents(ctx context.Context, ids []string) float64 {
-	n, total := 0, 0
+// historyEvents averages the history events and Temporal actions (parent
+// and children) of up to ten workspaces' reconciles.
+func (b *bench) historyEvents(ctx context.Context, ids []string) (events, actions float64) {
+	n, totalEvents, totalActions := 0, 0, 0
 	for i, ws := range ids {
 		if i%max(1, len(ids)/10) != 0 {
 			continue
 		}
 		id := workflows.ReconcileWorkflowID(ws)
-		total += b.countEvents(ctx, id)
-		for _, p := range b.plugins {
-			total += b.countEvents(ctx, workflows.PluginWorkflowID(id, p.Name))
+		for _, wid := range append([]string{id}, childIDs(id, b.plugins)...) {
+			e, a := b.countEvents(ctx, wid)
+			totalEvents, totalActions = totalEvents+e, totalActions+a
 		}
 		n++
 	}
-	return float64(total) / float64(max(n, 1))
+	return float64(totalEvents) / float64(max(n, 1)), float64(totalActions) / float64(max(n, 1))
 }
 
-func (b *bench) countEvents(ctx context.Context, id string) int {
+func childIDs(parent string, plugins []workflows.Plugin) []string {
+	out := make([]string, len(plugins))
+	for i, p := range plugins {
+		out[i] = workflows.PluginWorkflowID(parent, p.Name)
+	}
+	return out
+}
+
+// countEvents counts a workflow's history events, and the Temporal actions
+// its history shows: its start (a child's included), each signal, each
+// activity attempt, each timer, each search-attribute upsert and each
+// marker (the version markers). Activity heartbeats, which a service may
+// also bill, are not in the history and not counted.
+func (b *bench) countEvents(ctx context.Context, id string) (events, actions int) {
 	it := b.c.GetWorkflowHistory(ctx, id, "", false, 0)
-	n := 0
 	for it.HasNext() {
-		if _, err := it.Next(); err != nil {
+		e, err := it.Next()
+		if err != nil {
 			break
 		}
-		n++
+		events++
+		switch e.GetEventType() {
+		case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+			enumspb.EVENT_TYPE_TIMER_STARTED, enumspb.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES, enumspb.EVENT_TYPE_MARKER_RECORDED:
+			actions++
+		case enumspb.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+			actions += int(max(1, e.GetActivityTaskStartedEventAttributes().GetAttempt()))
+		}
 	}
-	return n
+	return events, actions
 }
 
 func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
@@ -691,7 +804,7 @@ func (b *bench) orchestrationFloor(ctx context.Context) (result, error) {
 	r.selfCPU, r.allCPU = procCPU(os.Getpid(), false)-self0, machineCPU()-all0
 	slices.Sort(lat)
 	r.wall, r.p50, r.p95, r.failed = wall, lat[len(lat)/2], lat[len(lat)*95/100], failed
-	r.events = b.historyEvents(ctx, ids)
+	r.events, r.actions = b.historyEvents(ctx, ids)
 	return r, nil
 }
 
@@ -818,6 +931,8 @@ func procHWM(pid int) float64 {
 	return 0
 }
 
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
 func godebug() string {
 	if v := os.Getenv("GODEBUG"); v != "" {
 		return "GODEBUG=" + v
@@ -846,12 +961,34 @@ func machine() string {
 	return fmt.Sprintf("%d CPUs (%s), %s memory, %s/%s, %s", runtime.NumCPU(), cpu, mem, runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
 
+// networkFloor is one workspace's time on the wire at the injected
+// latencies: DescribeInstances ∥ SendSSHPublicKey (one AWS call; they do
+// not depend on each other), the TCP handshake (one round trip), the SSH
+// handshake and authentication (two), and a round trip per command that
+// must reach the box: the probe, and for a fresh box the install and the
+// restart.
+func networkFloor(o options, fresh bool) time.Duration {
+	commands := time.Duration(1)
+	if fresh {
+		commands = 3
+	}
+	return o.awsLatency + (3+commands)*2*o.sshLatency
+}
+
 func render(o options, rows []result, orch, io result) string {
+	var alone []result
+	rows = slices.DeleteFunc(slices.Clone(rows), func(r result) bool {
+		if strings.HasPrefix(r.name, aloneName) {
+			alone = append(alone, r)
+			return true
+		}
+		return false
+	})
 	var s strings.Builder
 	fmt.Fprintf(&s, "# Benchmarks\n\nWritten by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
 	fmt.Fprintf(&s, "Setup: %d workspaces × %d plugins, one simulated box each; +%s on every AWS API call, +%s each way on every SSH link; each run in its own process with a fresh embedded Temporal (in-memory SQLite, %d history shards, eager activities, unused visibility indexes dropped, GOGC 400, %s), private Postgres; the worker as its own process (worker CPU and peak RSS are that process's; on the pool rows, CPU is the workers' sum and peak RSS the largest worker's, and the workers share the same cores, so a pool row shows what box affinity costs, not added capacity). Box CPU is what the simulated boxes' sshd, sessions and install/restart commands used: work a real fleet does on the boxes, which here shares the same cores as the server and the worker. Server process CPU is this benchmark's own process: the embedded Temporal server, the fake AWS endpoint and the link latency proxies (for the orchestration floor, also its in-process worker). Machine CPU is all processors' busy time during the run (%d cores: at most %d s per second of wall time).\n\n",
 		o.workspaces, o.plugins, o.awsLatency, o.sshLatency, o.shards, godebug(), runtime.NumCPU(), runtime.NumCPU())
-	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU | server process CPU | machine CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	s.WriteString("| run | wall | reconciles/min | p50 | p95 | key pushes / ws | SSH handshakes / ws | box commands / ws | history events / ws | Temporal actions / ws | deliveries | restarts (needed) | failed | worker CPU | worker peak RSS | box CPU | server process CPU | machine CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	w := float64(o.workspaces)
 	line := func(r result, pushes, hs, cmds, deliv, restarts, cpu, rss string) {
 		secs := func(d time.Duration) string {
@@ -860,8 +997,8 @@ func render(o options, rows []result, orch, io result) string {
 			}
 			return fmt.Sprintf("%.1f s", d.Seconds())
 		}
-		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %s | %.0f | %s | %s | %d | %s | %s | %s | %s | %s |\n",
-			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, cmds, r.events, deliv, restarts, r.failed, cpu, rss,
+		fmt.Fprintf(&s, "| %s | %.1f s | %.0f | %.2f s | %.2f s | %s | %s | %s | %.0f | %.0f | %s | %s | %d | %s | %s | %s | %s | %s |\n",
+			r.name, r.wall.Seconds(), w/r.wall.Minutes(), r.p50.Seconds(), r.p95.Seconds(), pushes, hs, cmds, r.events, r.actions, deliv, restarts, r.failed, cpu, rss,
 			secs(r.boxCPU), secs(r.selfCPU), secs(r.allCPU))
 	}
 	for _, r := range rows {
@@ -877,6 +1014,17 @@ func render(o options, rows []result, orch, io result) string {
 			return "✓"
 		}
 		return "✗"
+	}
+	if len(alone) > 0 {
+		fmt.Fprintf(&s, "\nOne workspace alone: %d repetitions each, a new box every time, nothing else running, on one warm worker; time from the trigger to the result. The network floor is the injected latencies' minimum: DescribeInstances ∥ SendSSHPublicKey (%s), the TCP handshake (1 round trip of %s), the SSH handshake and authentication (2), and a round trip per command: the probe, for a fresh box also the install and the restart.\n\n", aloneReps, o.awsLatency, 2*o.sshLatency)
+		s.WriteString("| one workspace alone | p50 | p95 | network floor | p50 / floor ≤ 2 | box commands / run | key pushes / run | SSH handshakes / run | history events / run | Temporal actions / run | restarts (needed) | failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, r := range alone {
+			floor := networkFloor(o, strings.Contains(r.name, "fresh"))
+			ratio := r.p50.Seconds() / floor.Seconds()
+			fmt.Fprintf(&s, "| %s | %.0f ms | %.0f ms | %.0f ms | %s %.2f | %.1f | %.2f | %.2f | %.0f | %.0f | %d (%d) | %d |\n", strings.TrimPrefix(r.name, aloneName+", "),
+				ms(r.p50), ms(r.p95), ms(floor), mark(ratio <= 2), ratio, float64(r.commands)/aloneReps, float64(r.pushes)/aloneReps, float64(r.handshakes)/aloneReps,
+				r.events, r.actions, r.restarts, r.wantRestarts, r.failed)
+		}
 	}
 	s.WriteString("\nTargets (✓ met, ✗ missed) per scenario, ours against the naive path and the floors. The last column compares CPU time rather than wall time: ours' machine CPU without the boxes' own work, over the orchestration floor's.\n\n")
 	s.WriteString("| scenario | restarts = needed | ≤ 1 key push / ws | ≤ 1 handshake / ws | naive / ours handshakes ≥ 5× | naive / ours wall ≥ 2× | ours / orchestration floor ≤ 1.25 | ours / I/O floor | ours CPU without boxes / floor CPU |\n|---|---|---|---|---|---|---|---|---|\n")
