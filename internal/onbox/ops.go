@@ -312,14 +312,14 @@ func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string
 
 // installBatchScript receives a batch's bundles as one uncompressed tar
 // stream (member i is bundle i) into a directory beside the plugins, then
-// runs installScript for each in turn with the bundle as its input, and
-// answers one line per bundle: the script's exit status, its output and its
+// runs installScript for each, side by side as separate installs would run
+// (each under its plugin's lock, sharing the box lock), with the bundle as
+// its input, and answers one line per bundle in order: the script's exit status, its output and its
 // error output (base64), and the plugin's manifest as it then is (base64;
 // empty when it is not a readable regular file). One bundle's failure does
 // not stop the others. The archive ends with a member named "end": a
 // transfer cut anywhere, even between members, fails before any install
-// runs. Once the caller has gone (an answer cannot be written), the
-// bundles not yet installed are not. The EXIT trap removes the batch
+// runs. The EXIT trap removes the batch
 // directory on every exit it sees; one left by a killed shell is removed by
 // a later batch once it is an hour old. The install script is passed once,
 // in a variable, so the command grows by a line per bundle.
@@ -338,12 +338,23 @@ answer() {
   a="$st $(printf '%%s' "$out" | base64 -w0) $(head -c 4096 "$b/$1.err" | base64 -w0) "
   m="$root/$2/plugin.yaml"
   if [ -f "$m" ] && [ ! -L "$m" ] && [ -r "$m" ]; then a="$a$(head -c %d -- "$m" | base64 -w0)"; fi
-  printf '%%s\n' "$a" || exit 71
+  printf '%%s\n' "$a" >"$b/$1.ans"
 }
 `
 
-// installBatchLine installs bundle i of a batch and answers for it.
-const installBatchLine = `out=$(root="$root" name=%[2]s want=%[3]s wantm=%[4]s size=%[5]d sh -c "$s" <"$b/%[1]d" 2>"$b/%[1]d.err"); st=$?; answer %[1]d %[2]s
+// installBatchLine installs bundle i of a batch, beside the others, and
+// keeps its answer.
+const installBatchLine = `(out=$(root="$root" name=%[2]s want=%[3]s wantm=%[4]s size=%[5]d sh -c "$s" <"$b/%[1]d" 2>"$b/%[1]d.err"); st=$?; answer %[1]d %[2]s) &
+`
+
+// installBatchTail waits for a batch's installs and answers for each in
+// order (an empty line for one that left no answer).
+const installBatchTail = `wait
+i=0
+while [ "$i" -lt %d ]; do
+  if [ -f "$b/$i.ans" ]; then cat "$b/$i.ans" || exit 71; else echo || exit 71; fi
+  i=$((i + 1))
+done
 `
 
 // installBundles installs a batch's bundles in one command (see
@@ -365,6 +376,7 @@ func (o *Ops) installBundles(ctx context.Context, t reconcile.Box, reqs []instal
 		}
 		fmt.Fprintf(&script, installBatchLine, i, quote(r.name), quote(r.digest), quote(r.manifestDigest), len(r.data))
 	}
+	fmt.Fprintf(&script, installBatchTail, len(reqs))
 	if err := tw.WriteHeader(&tar.Header{Name: "end", Mode: 0o600, Typeflag: tar.TypeReg}); err != nil {
 		return nil, err
 	}
