@@ -33,7 +33,12 @@ const QueryStatus = "status"
 const MaxPlugins = 300
 
 // DefaultMaxParallel is how many plugins of one box are reconciled at once.
-const DefaultMaxParallel = 4
+// A box's probes and installs that arrive together share a command, so a
+// workspace's plugins run at once up to this many (runs started before it
+// was raised keep legacyMaxParallel).
+const DefaultMaxParallel = 16
+
+const legacyMaxParallel = 4
 
 // ReconcileWorkflowID is the workflow ID of a workspace's reconcile: one at a
 // time per workspace.

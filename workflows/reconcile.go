@@ -431,6 +431,9 @@ func (r *run) reconcile(ctx workflow.Context, w work) {
 	limit := r.in.MaxParallel
 	if limit == 0 {
 		limit = DefaultMaxParallel
+		if workflow.GetVersion(ctx, "parallel-16", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+			limit = legacyMaxParallel
+		}
 	}
 	parentID := workflow.GetInfo(ctx).WorkflowExecution.ID
 	children := make([]PluginInput, 0, len(w.plugins)+len(w.remove))
