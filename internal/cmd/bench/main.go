@@ -690,9 +690,6 @@ func (b *bench) runAlone(ctx context.Context) ([]result, error) {
 				return nil, err
 			}
 			lat[i], r.failed = wall, r.failed+failed
-			if i == aloneReps-1 {
-				b.traceOne(ctx, ws)
-			}
 			r.pushes += b.aws.KeyPushes(box.InstanceID)
 			r.handshakes += box.Logins()
 			r.commands += box.Commands()
