@@ -132,11 +132,13 @@ func (r *run) start(ctx workflow.Context) (work, error) {
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) { return r.status(), nil }); err != nil {
 		return work{}, err
 	}
-	// Started by Start, the run carries its initial search attributes
-	// from its start (one upsert, and a Temporal action, fewer); started
-	// otherwise (as a child, or by an older starter), it sets them now.
-	// Either way the history says which, so replay decides the same.
-	if !indexedAtStart(workflow.GetTypedSearchAttributes(ctx), r.in) {
+	// Runs started before this version upsert their search attributes and
+	// reconcile legacyMaxParallel plugins at a time. (One marker for both:
+	// each version marker costs an action of its own.) Since: started by
+	// Start, the run carries its initial search attributes from its start
+	// (one upsert fewer); started otherwise (as a child), it sets them now.
+	r.indexedAtStart = workflow.GetVersion(ctx, "start-indexed", workflow.DefaultVersion, 1) == 1
+	if !r.indexedAtStart || !indexedAtStart(workflow.GetTypedSearchAttributes(ctx), r.in) {
 		if err := r.search(ctx, initialSearch(r.in)...); err != nil {
 			return work{}, err
 		}
@@ -420,7 +422,11 @@ type run struct {
 	// Since declarations are kept (declared): the stored declaration's
 	// generation and observed generation, and each plugin as this run
 	// reconciled it.
-	declared             bool
+	declared bool
+	// indexedAtStart: the run is of the version that may take its search
+	// attributes from its start and reconciles DefaultMaxParallel plugins
+	// at a time.
+	indexedAtStart       bool
 	generation, observed int64
 	reconciled           map[string]Plugin
 }
@@ -431,7 +437,7 @@ func (r *run) reconcile(ctx workflow.Context, w work) {
 	limit := r.in.MaxParallel
 	if limit == 0 {
 		limit = DefaultMaxParallel
-		if workflow.GetVersion(ctx, "parallel-16", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		if !r.indexedAtStart {
 			limit = legacyMaxParallel
 		}
 	}

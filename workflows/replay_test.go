@@ -25,7 +25,7 @@ func TestReplayRecordedHistories(t *testing.T) {
 	require.NoError(t, err)
 	var index map[string]string // file -> workflow ID
 	require.NoError(t, json.Unmarshal(data, &index))
-	require.Len(t, index, 18)
+	require.Len(t, index, 20)
 	for file, workflowID := range index {
 		t.Run(file, func(t *testing.T) {
 			f, err := os.Open(filepath.Join(dir, file))

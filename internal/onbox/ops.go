@@ -312,14 +312,16 @@ func (o *Ops) Install(ctx context.Context, t reconcile.Box, name, version string
 
 // installBatchScript receives a batch's bundles as one uncompressed tar
 // stream (member i is bundle i) into a directory beside the plugins, then
-// runs installScript for each, side by side as separate installs would run
-// (each under its plugin's lock, sharing the box lock), with the bundle as
-// its input, and answers one line per bundle in order: the script's exit status, its output and its
+// runs installScript for each, installsAtOnce side by side as separate
+// installs would run (each under its plugin's lock, sharing the box lock),
+// with the bundle as its input, and answers one line per bundle in order: the script's exit status, its output and its
 // error output (base64), and the plugin's manifest as it then is (base64;
 // empty when it is not a readable regular file). One bundle's failure does
 // not stop the others. The archive ends with a member named "end": a
 // transfer cut anywhere, even between members, fails before any install
-// runs. The EXIT trap removes the batch
+// runs. Once the bundles have arrived they are all installed, even if the
+// caller has gone meanwhile (each swap is journaled, so the restart it owes
+// is not lost). The EXIT trap removes the batch
 // directory on every exit it sees; one left by a killed shell is removed by
 // a later batch once it is an hour old. The install script is passed once,
 // in a variable, so the command grows by a line per bundle.
@@ -342,8 +344,12 @@ answer() {
 }
 `
 
-// installBatchLine installs bundle i of a batch, beside the others, and
-// keeps its answer.
+// installsAtOnce bounds the installs of a batch that run at once on a box,
+// which also runs its agent: each unpacks, hashes and stages a bundle.
+const installsAtOnce = 4
+
+// installBatchLine installs bundle i of a batch, beside the others (at
+// most installsAtOnce at a time), and keeps its answer.
 const installBatchLine = `(out=$(root="$root" name=%[2]s want=%[3]s wantm=%[4]s size=%[5]d sh -c "$s" <"$b/%[1]d" 2>"$b/%[1]d.err"); st=$?; answer %[1]d %[2]s) &
 `
 
@@ -375,6 +381,9 @@ func (o *Ops) installBundles(ctx context.Context, t reconcile.Box, reqs []instal
 			return nil, err
 		}
 		fmt.Fprintf(&script, installBatchLine, i, quote(r.name), quote(r.digest), quote(r.manifestDigest), len(r.data))
+		if (i+1)%installsAtOnce == 0 {
+			script.WriteString("wait\n")
+		}
 	}
 	fmt.Fprintf(&script, installBatchTail, len(reqs))
 	if err := tw.WriteHeader(&tar.Header{Name: "end", Mode: 0o600, Typeflag: tar.TypeReg}); err != nil {

@@ -24,7 +24,7 @@ const historiesDir = "../../workflows/testdata/histories"
 // TestRecordHistories records real histories of the shipped workflows for
 // the replay test. It runs only with RECORD_HISTORIES set, to "all" or to
 // the sets to record ("reconcile", "rounds", "sweep", "declarations",
-// "routes"), which replace their own files and keep the others: re-record
+// "routes", "indexed"), which replace their own files and keep the others: re-record
 // a set only when a change to workflow code is meant to be incompatible
 // with it (and version it with workflow.GetVersion instead whenever runs
 // may be in flight).
@@ -134,8 +134,15 @@ func TestRecordHistories(t *testing.T) {
 			s.Box("ws-routed", all("code-review"))
 			record("routed", "ws-routed", declared, nil)
 		},
+		// A reconcile whose start carries its search attributes and whose
+		// plugins run up to 16 at a time (the start-indexed version): a
+		// delivery and its restart.
+		"indexed": func() {
+			s.Box("ws-indexed", all("slack-notify"))
+			record("indexed", "ws-indexed", declared, nil)
+		},
 	}
-	for _, name := range []string{"reconcile", "rounds", "sweep", "declarations", "routes"} {
+	for _, name := range []string{"reconcile", "rounds", "sweep", "declarations", "routes", "indexed"} {
 		if want == "all" || slices.Contains(strings.Split(want, ","), name) {
 			sets[name]()
 		}
