@@ -25,20 +25,16 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fleet/fleettest"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/scenario"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/store"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
 
-// Declared is the plugin set the stacks' workspaces declare; every plugin
-// is in the catalog, and github-tools also at 1.3.0.
-var Declared = []workflows.Plugin{
-	{Name: "github-tools", Version: "1.2.0"},
-	{Name: "mcp-postgres", Version: "0.4.1"},
-	{Name: "code-review", Version: "2.0.0"},
-	{Name: "slack-notify", Version: "1.0.3"},
-	{Name: "sub-agent.planner", Version: "0.9.0"},
-}
+// Declared is the plugin set the stacks' workspaces declare (the demo's,
+// see internal/scenario); every plugin is in the catalog, and github-tools
+// also at 1.3.0.
+var Declared = scenario.Declared
 
 // Stack is a running product.
 type Stack struct {
