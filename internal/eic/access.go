@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,7 +85,10 @@ func (a *Access) Close() error {
 
 // Stats reports key pushes, SSH handshakes and remote commands so far.
 func (a *Access) Stats() Stats {
-	return Stats{KeyPushes: a.keyPushes.Load(), Handshakes: a.handshakes.Load(), Commands: a.commands.Load()}
+	a.mu.Lock()
+	open := int64(len(a.conns))
+	a.mu.Unlock()
+	return Stats{KeyPushes: a.keyPushes.Load(), Handshakes: a.handshakes.Load(), Commands: a.commands.Load(), Open: open}
 }
 
 // conn is one shared SSH connection to a box. ready is closed when the dial
@@ -114,15 +118,17 @@ func (c *conn) close() {
 
 // release ends one user's use of c; the last user of a broken connection
 // closes it (a connection is never left open once out of the pool).
-func (c *conn) release() {
+func (c *conn) release() (idle bool) {
 	c.mu.Lock()
 	c.users--
 	c.lastUsed = time.Now()
 	last := c.broken && c.users == 0
+	idle = !c.broken && c.users == 0
 	c.mu.Unlock()
 	if last {
 		c.close()
 	}
+	return idle
 }
 
 // markBroken takes c out of use and closes it if nobody uses it now;
@@ -176,7 +182,12 @@ func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), e
 	c.mu.Unlock()
 	a.mu.Unlock()
 
-	release := c.release
+	// A connection left idle may take the pool past MaxIdle.
+	release := func() {
+		if c.release() {
+			a.closeIdle(time.Now())
+		}
+	}
 	select {
 	case <-c.ready:
 	case <-ctx.Done():
@@ -278,27 +289,49 @@ func (a *Access) reapIdle() {
 		case <-a.stop:
 			return
 		case now := <-tick.C:
-			var idle []*conn
-			a.mu.Lock()
-			for k, c := range a.conns {
-				select {
-				case <-c.ready:
-				default:
-					continue // still dialling
-				}
-				c.mu.Lock()
-				if c.users == 0 && now.Sub(c.lastUsed) >= a.cfg.IdleTimeout {
-					c.broken = true
-					delete(a.conns, k)
-					idle = append(idle, c)
-				}
-				c.mu.Unlock()
-			}
-			a.mu.Unlock()
-			for _, c := range idle {
-				c.close()
-			}
+			a.closeIdle(now)
 		}
+	}
+}
+
+// closeIdle takes out of the pool, and closes, every connection idle for
+// IdleTimeout and, past MaxIdle idle ones, those idle longest. It decides
+// with a.mu held, which acquire needs to count a new user, so a connection
+// chosen here cannot gain one before it is out of the pool.
+func (a *Access) closeIdle(now time.Time) {
+	type idleConn struct {
+		c    *conn
+		used time.Time
+	}
+	var idle []idleConn
+	a.mu.Lock()
+	for _, c := range a.conns {
+		select {
+		case <-c.ready:
+		default:
+			continue // still dialling
+		}
+		c.mu.Lock()
+		if c.users == 0 && !c.broken {
+			idle = append(idle, idleConn{c, c.lastUsed})
+		}
+		c.mu.Unlock()
+	}
+	slices.SortFunc(idle, func(x, y idleConn) int { return x.used.Compare(y.used) })
+	var drop []*conn
+	for i, ic := range idle {
+		if len(idle)-i <= a.cfg.MaxIdle && now.Sub(ic.used) < a.cfg.IdleTimeout {
+			break
+		}
+		ic.c.mu.Lock()
+		ic.c.broken = true
+		ic.c.mu.Unlock()
+		delete(a.conns, ic.c.key)
+		drop = append(drop, ic.c)
+	}
+	a.mu.Unlock()
+	for _, c := range drop {
+		c.close()
 	}
 }
 

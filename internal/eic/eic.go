@@ -72,7 +72,13 @@ type Config struct {
 	// still reuses the box's connection (measured: at 30 s, a fresh fleet
 	// of 200 boxes cost 2 key pushes per box).
 	IdleTimeout time.Duration
-	KeepAlive   time.Duration // default 10 s
+	// MaxIdle bounds the connections kept open with nobody using them:
+	// past it, the one idle longest is closed at once, so a sweep over the
+	// whole fleet holds at most MaxIdle idle connections plus the ones in
+	// use, not every box it touched in the last IdleTimeout. Default
+	// DefaultMaxIdle.
+	MaxIdle   int
+	KeepAlive time.Duration // default 10 s
 	// KeepAliveTimeout is how long a keepalive may go unanswered before
 	// the connection counts as dead; default 15 s.
 	KeepAliveTimeout time.Duration
@@ -88,6 +94,9 @@ type Config struct {
 
 	Logger *slog.Logger
 }
+
+// DefaultMaxIdle is how many idle connections a worker keeps by default.
+const DefaultMaxIdle = 256
 
 func (c *Config) setDefaults() error {
 	if c.EC2 == nil || c.InstanceConnect == nil {
@@ -112,6 +121,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 2 * time.Minute
+	}
+	if c.MaxIdle == 0 {
+		c.MaxIdle = DefaultMaxIdle
 	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 10 * time.Second
@@ -169,4 +181,5 @@ type Stats struct {
 	KeyPushes  int64
 	Handshakes int64
 	Commands   int64 // remote commands run (one SSH session each)
+	Open       int64 // connections held now, in use or idle
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -410,4 +411,39 @@ func TestDialOverlapsLookUpAndKeyPush(t *testing.T) {
 	_, err = e.ops.ReadManifest(ctx(t), unknown, "github-tools")
 	var ue *eic.UnknownInstanceError
 	require.ErrorAs(t, err, &ue, "the look-up's error, not the push's")
+}
+
+// A sweep touches every box of the fleet once: the connections it leaves
+// idle must not pile up for the idle timeout. Past MaxIdle, the connection
+// idle longest is closed at once; the ones in use or used last stay.
+func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
+	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 2 })
+	boxes := []*fleet.Box{e.box}
+	for range 3 {
+		b, err := e.fleet.AddBox(fleet.BoxSpec{BootInstalled: map[string][]byte{
+			"github-tools": packPlugin(t, "github-tools", "1.2.0", map[string]string{"bin/gh": "#!/bin/sh\n"}),
+		}})
+		require.NoError(t, err)
+		boxes = append(boxes, b)
+	}
+	target := func(b *fleet.Box) reconcile.Box {
+		return reconcile.Box{InstanceID: b.InstanceID, OSUser: e.fleet.User(), HostKey: b.HostKey, PluginRoot: b.PluginRoot}
+	}
+	for _, b := range boxes {
+		_, err := e.ops.ReadManifest(ctx(t), target(b), "github-tools")
+		require.NoError(t, err)
+	}
+	open := func() []int {
+		var n []int
+		for _, b := range boxes {
+			n = append(n, b.OpenConnections())
+		}
+		return n
+	}
+	require.Eventually(t, func() bool { return slices.Equal(open(), []int{0, 0, 1, 1}) }, 5*time.Second, 10*time.Millisecond,
+		"the two used first are closed, the two used last stay open: %v", open())
+	_, err := e.ops.ReadManifest(ctx(t), target(boxes[3]), "github-tools")
+	require.NoError(t, err)
+	require.Equal(t, 1, boxes[3].Logins(), "a connection kept is reused")
+	require.Equal(t, int64(2), e.access.Stats().Open, "connections the cache holds")
 }

@@ -44,6 +44,8 @@ func newMetrics(access *eic.Access) (*Metrics, error) {
 			func() float64 { return float64(access.Stats().KeyPushes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ssh_handshake_total", Help: "SSH handshakes completed with boxes."},
 			func() float64 { return float64(access.Stats().Handshakes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ssh_connections_open", Help: "SSH connections to boxes held now, in use or idle (at most MaxIdle idle)."},
+			func() float64 { return float64(access.Stats().Open) }),
 	} {
 		if err := reg.Register(c); err != nil {
 			_ = closer.Close()
