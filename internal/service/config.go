@@ -62,7 +62,7 @@ var settings = []setting{
 	{"RESTART_COMMAND", "restart-command", onbox.DefaultRestartCommand, "restarts the runtime", false, func(c *Config) any { return &c.RestartCommand }},
 	{"IDENTITY_COMMAND", "identity-command", onbox.DefaultIdentityCommand, "prints one word that changes on every runtime start", false, func(c *Config) any { return &c.IdentityCommand }},
 	{"MAX_CONCURRENT_ACTIVITIES", "max-activities", "64", "concurrent activities per worker", false, func(c *Config) any { return &c.MaxActivities }},
-	{"METRICS_ADDR", "metrics-addr", "127.0.0.1:9464", "Prometheus `/metrics` (set to nothing to disable)", true, func(c *Config) any { return &c.MetricsAddr }},
+	{"METRICS_ADDR", "metrics-addr", "127.0.0.1:9464", "Prometheus `/metrics` and Go profiles `/debug/pprof/` (set to nothing to disable)", true, func(c *Config) any { return &c.MetricsAddr }},
 	{"WORKER_STOP_TIMEOUT", "stop-timeout", workflows.RestartAttemptTimeout.String(), "how long the worker drains on SIGTERM; at least a restart attempt's bound (10 min)", false, func(c *Config) any { return &c.StopTimeout }},
 }
 

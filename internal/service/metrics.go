@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,8 +56,11 @@ func newMetrics(access *eic.Access) (*Metrics, error) {
 	return &Metrics{Registry: reg, Handler: sdktally.NewMetricsHandler(scope), closer: closer.Close}, nil
 }
 
-// Serve serves /metrics on addr until ctx ends; it returns the address
-// actually bound (addr may use port 0).
+// Serve serves /metrics, and Go's profiles under /debug/pprof/ (net/http/pprof:
+// where a live worker spends its CPU, its goroutines and allocations; stack
+// traces and counts, never memory contents), on addr until ctx ends; it
+// returns the address actually bound (addr may use port 0). The default
+// address is loopback only.
 func (m *Metrics) Serve(ctx context.Context, addr string) (string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -64,6 +68,10 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

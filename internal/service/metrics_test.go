@@ -1,0 +1,42 @@
+package service
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2instanceconnect"
+	"github.com/stretchr/testify/require"
+
+	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
+)
+
+// The metrics address serves the connection cache's gauge and Go's
+// profiles, so an operator can see where a live worker spends its CPU.
+func TestMetricsAddressServesTheCacheGaugeAndProfiles(t *testing.T) {
+	access, err := eic.New(eic.Config{EC2: ec2.New(ec2.Options{Region: "us-east-1"}), InstanceConnect: ec2instanceconnect.New(ec2instanceconnect.Options{Region: "us-east-1", Credentials: aws.AnonymousCredentials{}})})
+	require.NoError(t, err)
+	defer access.Close()
+	m, err := newMetrics(access)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, err := m.Serve(ctx, "127.0.0.1:0")
+	require.NoError(t, err)
+	get := func(path string) string {
+		resp, err := http.Get("http://" + addr + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", path, body)
+		return string(body)
+	}
+	require.Contains(t, get("/metrics"), "ssh_connections_open 0")
+	require.True(t, strings.Contains(get("/debug/pprof/"), "goroutine"), "the profile index")
+	require.NotEmpty(t, get("/debug/pprof/profile?seconds=1"), "a CPU profile")
+}
