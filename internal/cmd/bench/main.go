@@ -55,6 +55,7 @@ type options struct {
 	only                        string
 	jsonOut                     string
 	cpuProfile                  string
+	sweep, sweepPlugins         int // the fleet sweep's workspaces (0: none) and plugins each
 }
 
 // result is one measured run.
@@ -74,6 +75,7 @@ type result struct {
 	allCPU               time.Duration // the whole machine
 	rssMB                float64
 	failed               int
+	profile              string // the worker's CPU profile (pprof -top), on the runs profiled
 }
 
 // resultJSON is result with exported fields, to pass figures from the
@@ -90,17 +92,18 @@ type resultJSON struct {
 	SelfCPU, AllCPU      time.Duration
 	RSSMB                float64
 	Failed               int
+	Profile              string `json:",omitempty"`
 }
 
 func toJSON(r result) resultJSON {
 	return resultJSON{r.name, r.wall, r.p50, r.p95, r.pushes, r.handshakes, r.commands, r.events, r.actions, r.deliveries, r.restarts,
-		r.wantRestarts, r.cpu, r.boxCPU, r.selfCPU, r.allCPU, r.rssMB, r.failed}
+		r.wantRestarts, r.cpu, r.boxCPU, r.selfCPU, r.allCPU, r.rssMB, r.failed, r.profile}
 }
 
 func fromJSON(j resultJSON) result {
 	return result{name: j.Name, wall: j.Wall, p50: j.P50, p95: j.P95, pushes: j.Pushes, handshakes: j.Handshakes,
 		commands: j.Commands, events: j.Events, actions: j.Actions, deliveries: j.Deliveries, restarts: j.Restarts, wantRestarts: j.WantRestarts,
-		cpu: j.CPU, boxCPU: j.BoxCPU, selfCPU: j.SelfCPU, allCPU: j.AllCPU, rssMB: j.RSSMB, failed: j.Failed}
+		cpu: j.CPU, boxCPU: j.BoxCPU, selfCPU: j.SelfCPU, allCPU: j.AllCPU, rssMB: j.RSSMB, failed: j.Failed, profile: j.Profile}
 }
 
 // runEach makes every run in a process of its own (this program with
@@ -126,12 +129,16 @@ func runEach(o options) error {
 		}
 	}
 	keys = append([]string{"one"}, append(keys, "floor", "io")...)
+	if o.sweep > 0 {
+		keys = append(keys, "sweep")
+	}
+	var sweep sweepResult
 	for _, key := range keys {
 		file := filepath.Join(dir, strings.ReplaceAll(key, ":", "-")+".json")
 		cmd := exec.Command(exe, "-only", key, "-json", file,
 			"-workspaces", strconv.Itoa(o.workspaces), "-plugins", strconv.Itoa(o.plugins), "-shards", strconv.Itoa(o.shards),
 			"-aws-latency", o.awsLatency.String(), "-ssh-latency", o.sshLatency.String(), "-naive="+strconv.FormatBool(o.naive),
-			"-pool", strconv.Itoa(o.pool))
+			"-pool", strconv.Itoa(o.pool), "-sweep", strconv.Itoa(o.sweep), "-sweep-plugins", strconv.Itoa(o.sweepPlugins))
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("run %s: %w", key, err)
@@ -139,6 +146,12 @@ func runEach(o options) error {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			return err
+		}
+		if key == "sweep" {
+			if err := json.Unmarshal(data, &sweep); err != nil {
+				return fmt.Errorf("run %s: %w", key, err)
+			}
+			continue
 		}
 		var got []resultJSON
 		if err := json.Unmarshal(data, &got); err != nil {
@@ -155,7 +168,7 @@ func runEach(o options) error {
 			}
 		}
 	}
-	report := render(o, rows, orch, io)
+	report := render(o, rows, orch, io, sweep)
 	fmt.Print(report)
 	if o.out != "" {
 		return os.WriteFile(o.out, []byte(report), 0o644)
@@ -173,9 +186,11 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: don't)")
 	flag.BoolVar(&o.naive, "naive", true, "also run the naive access path")
 	flag.IntVar(&o.pool, "pool", 3, "also run ours on a pool of this many worker processes (0: don't)")
-	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (one, boot, fresh, mixed, floor, io; boot:ours, boot:pool, boot:naive, ...); prints their figures, writes no report")
+	flag.StringVar(&o.only, "only", "", "comma-separated runs to make in this process (one, boot, fresh, mixed, floor, io, or sweep alone; boot:ours, boot:pool, boot:naive, ...); prints their figures, writes no report")
 	flag.StringVar(&o.jsonOut, "json", "", "with -only: also write the figures as JSON to this file")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server, and the floor's worker) to this file")
+	flag.IntVar(&o.sweep, "sweep", 2000, "also run a fleet sweep of this many workspaces (0: don't)")
+	flag.IntVar(&o.sweepPlugins, "sweep-plugins", 2, "declared plugins per workspace of the fleet sweep")
 	naiveWorker := flag.Bool("naive-worker", false, "run as the naive path's worker (configured by the environment, as the worker is)")
 	flag.Parse()
 	if *naiveWorker {
@@ -216,6 +231,8 @@ type bench struct {
 	c       client.Client
 	bin     string
 	plugins []workflows.Plugin
+	// profileAddr is where the profiled run's worker serves its profiles.
+	profileAddr string
 }
 
 func run(o options) error {
@@ -242,6 +259,9 @@ func run(o options) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if o.only == "sweep" {
+		return b.runSweep(ctx)
+	}
 	alone, err := b.runAlone(ctx)
 	if err != nil {
 		return err
@@ -258,7 +278,7 @@ func run(o options) error {
 	if o.only != "" {
 		return printOnly(o, append(rows, orch, io))
 	}
-	report := render(o, rows, orch, io)
+	report := render(o, rows, orch, io, sweepResult{})
 	fmt.Print(report)
 	if o.out != "" {
 		return os.WriteFile(o.out, []byte(report), 0o644)
@@ -280,6 +300,9 @@ func (b *bench) setUp(ctx context.Context) (stop func(), err error) {
 	o := b.o
 	step("building the worker")
 	b.bin = filepath.Join(b.dir, "worker")
+	if b.profileAddr, err = freeAddr(); err != nil {
+		return stop, err
+	}
 	if out, err := exec.Command("go", "build", "-o", b.bin, "./worker").CombinedOutput(); err != nil {
 		return stop, fmt.Errorf("build worker: %v: %s", err, out)
 	}
@@ -555,7 +578,15 @@ func (b *bench) measure(ctx context.Context, prefix string, v variant, missing f
 	}
 	cpu0, box0 := workersCPU(), boxesCPU(boxes)
 	self0, all0 := procCPU(os.Getpid(), false), machineCPU()
+	var profiled chan string
+	if profileRun(prefix) {
+		profiled = make(chan string, 1)
+		go func() { profiled <- b.profileWorker(ctx, prefix) }()
+	}
 	wall, lat, failed, err := b.trigger(ctx, ids)
+	if profiled != nil {
+		r.profile = <-profiled
+	}
 	cpu1 := workersCPU()
 	r.selfCPU, r.allCPU = procCPU(os.Getpid(), false)-self0, machineCPU()-all0
 	for _, cmd := range cmds {
@@ -617,9 +648,13 @@ func (b *bench) startWorkers(ctx context.Context, v variant, fl *fleet.Fleet, pr
 			}
 			cmd = exec.Command(exe, "-naive-worker")
 		}
+		metrics := ""
+		if profileRun(prefix) {
+			metrics = b.profileAddr
+		}
 		cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
 			"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=",
+			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR="+metrics,
 		)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
@@ -975,7 +1010,7 @@ func networkFloor(o options, fresh bool) time.Duration {
 	return o.awsLatency + (3+commands)*2*o.sshLatency
 }
 
-func render(o options, rows []result, orch, io result) string {
+func render(o options, rows []result, orch, io result, sweep sweepResult) string {
 	var alone []result
 	rows = slices.DeleteFunc(slices.Clone(rows), func(r result) bool {
 		if strings.HasPrefix(r.name, aloneName) {
@@ -1065,6 +1100,13 @@ func render(o options, rows []result, orch, io result) string {
 				r.restarts, r.wantRestarts, mark(r.pushes <= o.workspaces && r.handshakes <= o.workspaces && r.restarts == r.wantRestarts))
 		}
 	}
+	for _, r := range rows {
+		if r.profile != "" {
+			fmt.Fprintf(&s, "\nWhere the worker's CPU goes, %s: a CPU profile of its first %d s from the trigger (net/http/pprof on the worker's metrics address; `go tool pprof -top`). Over the whole run the worker used %.1f s of CPU, the boxes %.1f s, the server process %.1f s, the machine %.1f s.\n\n```\n%s\n```\n",
+				r.name, profileSeconds, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds(), r.profile)
+		}
+	}
+	renderSweep(&s, sweep)
 	fmt.Fprintf(&s, "\nOrchestration floor for %d × %d: %.1f s (target ≤ 40 s for 200 × 8: %s).\n", o.workspaces, o.plugins, orch.wall.Seconds(),
 		map[bool]string{true: mark(orch.wall <= 40*time.Second), false: "only defined for 200 × 8"}[o.workspaces == 200 && o.plugins == 8])
 	return s.String()
