@@ -195,8 +195,9 @@ func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), e
 		return nil, nil, ctx.Err()
 	}
 	if c.err != nil {
-		release()
+		// Out of the pool before the release, so it never counts as idle.
 		a.evict(c)
+		release()
 		return nil, nil, c.err
 	}
 	return c, release, nil
@@ -312,7 +313,7 @@ func (a *Access) closeIdle(now time.Time) {
 			continue // still dialling
 		}
 		c.mu.Lock()
-		if c.users == 0 && !c.broken {
+		if c.users == 0 && !c.broken && c.err == nil { // a failed dial is its callers' to evict
 			idle = append(idle, idleConn{c, c.lastUsed})
 		}
 		c.mu.Unlock()
@@ -330,8 +331,10 @@ func (a *Access) closeIdle(now time.Time) {
 		drop = append(drop, ic.c)
 	}
 	a.mu.Unlock()
+	// Not on the caller's path: an endpoint tunnel's close waits for the
+	// peer, and the caller released a connection to another box.
 	for _, c := range drop {
-		c.close()
+		go c.close()
 	}
 }
 
@@ -356,8 +359,8 @@ func (a *Access) session(ctx context.Context, t reconcile.Box, fn func(*ssh.Sess
 		s, err := c.client.NewSession()
 		if err != nil {
 			<-c.slots
+			a.evict(c) // before the release: a dead connection never counts as idle
 			release()
-			a.evict(c)
 			if attempt == 0 && !a.cfg.DialPerOperation {
 				continue
 			}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -415,7 +416,7 @@ func TestDialOverlapsLookUpAndKeyPush(t *testing.T) {
 
 // A sweep touches every box of the fleet once: the connections it leaves
 // idle must not pile up for the idle timeout. Past MaxIdle, the connection
-// idle longest is closed at once; the ones in use or used last stay.
+// idle longest is closed at once; the ones used last stay.
 func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
 	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 2 })
 	boxes := []*fleet.Box{e.box}
@@ -440,10 +441,77 @@ func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
 		}
 		return n
 	}
-	require.Eventually(t, func() bool { return slices.Equal(open(), []int{0, 0, 1, 1}) }, 5*time.Second, 10*time.Millisecond,
-		"the two used first are closed, the two used last stay open: %v", open())
+	var last []int
+	require.Eventually(t, func() bool { last = open(); return slices.Equal(last, []int{0, 0, 1, 1}) }, 5*time.Second, 10*time.Millisecond,
+		"the two used first are closed, the two used last stay open")
+	require.Equal(t, []int{0, 0, 1, 1}, last)
 	_, err := e.ops.ReadManifest(ctx(t), target(boxes[3]), "github-tools")
 	require.NoError(t, err)
 	require.Equal(t, 1, boxes[3].Logins(), "a connection kept is reused")
 	require.Equal(t, int64(2), e.access.Stats().Open, "connections the cache holds")
+}
+
+// A connection in use is never one of those closed past MaxIdle, however
+// many others go idle meanwhile; once released, it is the one kept.
+func TestConnectionInUseOutlivesMaxIdle(t *testing.T) {
+	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 1 })
+	boxes := []*fleet.Box{e.box}
+	for range 3 {
+		b, err := e.fleet.AddBox(fleet.BoxSpec{BootInstalled: map[string][]byte{
+			"github-tools": packPlugin(t, "github-tools", "1.2.0", map[string]string{"bin/gh": "#!/bin/sh\n"}),
+		}})
+		require.NoError(t, err)
+		boxes = append(boxes, b)
+	}
+	target := func(b *fleet.Box) reconcile.Box {
+		return reconcile.Box{InstanceID: b.InstanceID, OSUser: e.fleet.User(), HostKey: b.HostKey, PluginRoot: b.PluginRoot}
+	}
+	type ran struct {
+		out []byte
+		err error
+	}
+	long := make(chan ran, 1)
+	go func() {
+		out, _, err := e.access.Run(ctx(t), target(boxes[0]), "sleep 2; echo done", nil, 1<<10)
+		long <- ran{out, err}
+	}()
+	require.Eventually(t, func() bool { return boxes[0].Commands() == 1 }, 10*time.Second, 10*time.Millisecond, "the long command started")
+	for _, b := range boxes[1:] {
+		_, err := e.ops.ReadManifest(ctx(t), target(b), "github-tools")
+		require.NoError(t, err)
+	}
+	r := <-long
+	require.NoError(t, r.err, "the connection in use was not closed under it")
+	require.Equal(t, "done\n", string(r.out))
+	open := func() []int {
+		var n []int
+		for _, b := range boxes {
+			n = append(n, b.OpenConnections())
+		}
+		return n
+	}
+	var last []int
+	require.Eventually(t, func() bool { last = open(); return slices.Equal(last, []int{1, 0, 0, 0}) }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, []int{1, 0, 0, 0}, last, "the one released last is kept")
+	require.Equal(t, 1, boxes[0].Logins())
+}
+
+// A dial that fails is not an idle connection: it never takes the place of
+// a healthy one kept under MaxIdle.
+func TestFailedDialDoesNotCloseAnIdleConnection(t *testing.T) {
+	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 1 })
+	_, err := e.ops.ReadManifest(ctx(t), e.target, "github-tools")
+	require.NoError(t, err)
+	unknown := e.target
+	for i := range 3 {
+		unknown.InstanceID = fmt.Sprintf("i-0deadbeefdead%04d", i)
+		_, err = e.ops.ReadManifest(ctx(t), unknown, "github-tools")
+		var ue *eic.UnknownInstanceError
+		require.ErrorAs(t, err, &ue)
+	}
+	time.Sleep(200 * time.Millisecond) // a close would reach the box by now
+	require.Equal(t, 1, e.box.OpenConnections(), "the healthy idle connection is kept")
+	_, err = e.ops.ReadManifest(ctx(t), e.target, "github-tools")
+	require.NoError(t, err)
+	require.Equal(t, 1, e.box.Logins())
 }
