@@ -32,6 +32,7 @@ type Config struct {
 	IdentityCommand string
 	MaxActivities   int
 	MetricsAddr     string
+	ProfileAddr     string
 	StopTimeout     time.Duration
 	// DialPerOperation (neither a variable nor a flag: the benchmark's
 	// naive worker sets it) opens one connection and pushes one key per
@@ -62,7 +63,8 @@ var settings = []setting{
 	{"RESTART_COMMAND", "restart-command", onbox.DefaultRestartCommand, "restarts the runtime", false, func(c *Config) any { return &c.RestartCommand }},
 	{"IDENTITY_COMMAND", "identity-command", onbox.DefaultIdentityCommand, "prints one word that changes on every runtime start", false, func(c *Config) any { return &c.IdentityCommand }},
 	{"MAX_CONCURRENT_ACTIVITIES", "max-activities", "64", "concurrent activities per worker", false, func(c *Config) any { return &c.MaxActivities }},
-	{"METRICS_ADDR", "metrics-addr", "127.0.0.1:9464", "Prometheus `/metrics` and Go profiles `/debug/pprof/` (set to nothing to disable)", true, func(c *Config) any { return &c.MetricsAddr }},
+	{"METRICS_ADDR", "metrics-addr", "127.0.0.1:9464", "Prometheus `/metrics` (set to nothing to disable)", true, func(c *Config) any { return &c.MetricsAddr }},
+	{"PPROF_ADDR", "pprof-addr", "", "Go profiles `/debug/pprof/` (net/http/pprof; off when empty; unauthenticated and costly, so keep it on loopback)", false, func(c *Config) any { return &c.ProfileAddr }},
 	{"WORKER_STOP_TIMEOUT", "stop-timeout", workflows.RestartAttemptTimeout.String(), "how long the worker drains on SIGTERM; at least a restart attempt's bound (10 min)", false, func(c *Config) any { return &c.StopTimeout }},
 }
 

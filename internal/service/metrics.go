@@ -56,23 +56,36 @@ func newMetrics(access *eic.Access) (*Metrics, error) {
 	return &Metrics{Registry: reg, Handler: sdktally.NewMetricsHandler(scope), closer: closer.Close}, nil
 }
 
-// Serve serves /metrics, and Go's profiles under /debug/pprof/ (net/http/pprof:
-// where a live worker spends its CPU, its goroutines and allocations; stack
-// traces and counts, never memory contents), on addr until ctx ends; it
-// returns the address actually bound (addr may use port 0). The default
-// address is loopback only.
+// Serve serves /metrics on addr until ctx ends; it returns the address
+// actually bound (addr may use port 0).
 func (m *Metrics) Serve(ctx context.Context, addr string) (string, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("metrics listen on %s: %w", addr, err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	return serveHTTP(ctx, "metrics", addr, mux)
+}
+
+// ServeProfiles serves Go's profiles under /debug/pprof/ (net/http/pprof:
+// where a live worker spends its CPU, its goroutines and allocations; stack
+// traces and counts, never memory contents, and not the command line) on
+// addr until ctx ends, apart from the metrics: they are unauthenticated and
+// a CPU profile or trace costs the worker, so the address is the
+// operator's to keep on loopback. It returns the address actually bound.
+func ServeProfiles(ctx context.Context, addr string) (string, error) {
+	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return serveHTTP(ctx, "profiles", addr, mux)
+}
+
+// serveHTTP serves h on addr until ctx ends.
+func serveHTTP(ctx context.Context, what, addr string, h http.Handler) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("%s listen on %s: %w", what, addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			_ = err // the listener was closed with the context

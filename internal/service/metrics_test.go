@@ -15,9 +15,11 @@ import (
 	"github.com/plugin-reconciler/plugin-reconciler/internal/eic"
 )
 
-// The metrics address serves the connection cache's gauge and Go's
-// profiles, so an operator can see where a live worker spends its CPU.
-func TestMetricsAddressServesTheCacheGaugeAndProfiles(t *testing.T) {
+// The metrics address serves the connection cache's gauge and no profiles;
+// the profile address serves Go's profiles (not the command line, which may
+// hold a database URL), so an operator can see where a live worker spends
+// its CPU.
+func TestMetricsAndProfileAddresses(t *testing.T) {
 	access, err := eic.New(eic.Config{EC2: ec2.New(ec2.Options{Region: "us-east-1"}), InstanceConnect: ec2instanceconnect.New(ec2instanceconnect.Options{Region: "us-east-1", Credentials: aws.AnonymousCredentials{}})})
 	require.NoError(t, err)
 	defer access.Close()
@@ -27,16 +29,20 @@ func TestMetricsAddressServesTheCacheGaugeAndProfiles(t *testing.T) {
 	defer cancel()
 	addr, err := m.Serve(ctx, "127.0.0.1:0")
 	require.NoError(t, err)
-	get := func(path string) string {
+	profiles, err := ServeProfiles(ctx, "127.0.0.1:0")
+	require.NoError(t, err)
+	get := func(addr, path string, want int) string {
 		resp, err := http.Get("http://" + addr + path)
 		require.NoError(t, err)
 		defer resp.Body.Close()
 		body, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", path, body)
+		require.Equal(t, want, resp.StatusCode, "%s: %s", path, body)
 		return string(body)
 	}
-	require.Contains(t, get("/metrics"), "ssh_connections_open 0")
-	require.True(t, strings.Contains(get("/debug/pprof/"), "goroutine"), "the profile index")
-	require.NotEmpty(t, get("/debug/pprof/profile?seconds=1"), "a CPU profile")
+	require.Contains(t, get(addr, "/metrics", http.StatusOK), "ssh_connections_open 0")
+	get(addr, "/debug/pprof/", http.StatusNotFound)
+	require.True(t, strings.Contains(get(profiles, "/debug/pprof/", http.StatusOK), "goroutine"), "the profile index")
+	require.NotEmpty(t, get(profiles, "/debug/pprof/profile?seconds=1", http.StatusOK), "a CPU profile")
+	get(profiles, "/debug/pprof/cmdline", http.StatusNotFound)
 }

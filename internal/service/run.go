@@ -42,6 +42,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 		logger.Info("metrics at http://" + addr + "/metrics")
 	}
+	if cfg.ProfileAddr != "" {
+		addr, err := ServeProfiles(ctx, cfg.ProfileAddr)
+		if err != nil {
+			return err
+		}
+		logger.Info("profiles at http://" + addr + "/debug/pprof/")
+	}
 
 	copts, err := envconfig.LoadDefaultClientOptions()
 	if err != nil {

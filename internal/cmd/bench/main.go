@@ -648,13 +648,13 @@ func (b *bench) startWorkers(ctx context.Context, v variant, fl *fleet.Fleet, pr
 			}
 			cmd = exec.Command(exe, "-naive-worker")
 		}
-		metrics := ""
+		profiles := ""
 		if profileRun(prefix) {
-			metrics = b.profileAddr
+			profiles = b.profileAddr
 		}
 		cmd.Env = append(append(os.Environ(), fl.WorkerEnv()...),
 			"TEMPORAL_ADDRESS="+b.dev.FrontendAddress(), "TEMPORAL_NAMESPACE="+devserver.Namespace,
-			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR="+metrics,
+			"DATABASE_URL="+b.dsn, "CATALOG_DIR="+b.catDir, "MIGRATE=false", "METRICS_ADDR=", "PPROF_ADDR="+profiles,
 		)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
@@ -1102,7 +1102,7 @@ func render(o options, rows []result, orch, io result, sweep sweepResult) string
 	}
 	for _, r := range rows {
 		if r.profile != "" {
-			fmt.Fprintf(&s, "\nWhere the worker's CPU goes, %s: a CPU profile of its first %d s from the trigger (net/http/pprof on the worker's metrics address; `go tool pprof -top`). Over the whole run the worker used %.1f s of CPU, the boxes %.1f s, the server process %.1f s, the machine %.1f s.\n\n```\n%s\n```\n",
+			fmt.Fprintf(&s, "\nWhere the worker's CPU goes, %s: a CPU profile of its first %d s from the trigger (the worker's `PPROF_ADDR`; `go tool pprof -top`). Over the whole run the worker used %.1f s of CPU, the boxes %.1f s, the server process %.1f s, the machine %.1f s.\n\n```\n%s\n```\n",
 				r.name, profileSeconds, r.cpu.Seconds(), r.boxCPU.Seconds(), r.selfCPU.Seconds(), r.allCPU.Seconds(), r.profile)
 		}
 	}

@@ -20,8 +20,8 @@ const profileSeconds = 30
 // fresh fleet, the scenario furthest from its floor.
 func profileRun(prefix string) bool { return prefix == "fresh-ours" }
 
-// profileWorker takes a CPU profile of the run's worker (its metrics
-// address serves net/http/pprof) and returns its top functions as pprof
+// profileWorker takes a CPU profile of the run's worker (it serves
+// net/http/pprof on PPROF_ADDR) and returns its top functions as pprof
 // prints them, or why there is none.
 func (b *bench) profileWorker(ctx context.Context, prefix string) string {
 	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", b.profileAddr, profileSeconds)
