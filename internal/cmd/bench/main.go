@@ -130,7 +130,7 @@ func runEach(o options) error {
 	}
 	keys = append([]string{"one"}, append(keys, "floor", "io")...)
 	if o.sweep > 0 {
-		keys = append(keys, "sweep")
+		keys = append([]string{"sweep"}, keys...) // first: the largest fleet fails, if it does, before the rest has run
 	}
 	var sweep sweepResult
 	for _, key := range keys {
