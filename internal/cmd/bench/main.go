@@ -133,15 +133,27 @@ func runEach(o options) error {
 		keys = append([]string{"sweep"}, keys...) // first: the largest fleet fails, if it does, before the rest has run
 	}
 	var sweep sweepResult
+	var failedRuns []string
 	for _, key := range keys {
 		file := filepath.Join(dir, strings.ReplaceAll(key, ":", "-")+".json")
-		cmd := exec.Command(exe, "-only", key, "-json", file,
-			"-workspaces", strconv.Itoa(o.workspaces), "-plugins", strconv.Itoa(o.plugins), "-shards", strconv.Itoa(o.shards),
-			"-aws-latency", o.awsLatency.String(), "-ssh-latency", o.sshLatency.String(), "-naive="+strconv.FormatBool(o.naive),
-			"-pool", strconv.Itoa(o.pool), "-sweep", strconv.Itoa(o.sweep), "-sweep-plugins", strconv.Itoa(o.sweepPlugins))
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("run %s: %w", key, err)
+		// A run that fails (a handshake timing out on the saturated
+		// machine) is made once more in a new process; one that fails twice
+		// is named in the report, and the other runs still are reported.
+		var err error
+		for attempt := range 2 {
+			cmd := exec.Command(exe, "-only", key, "-json", file,
+				"-workspaces", strconv.Itoa(o.workspaces), "-plugins", strconv.Itoa(o.plugins), "-shards", strconv.Itoa(o.shards),
+				"-aws-latency", o.awsLatency.String(), "-ssh-latency", o.sshLatency.String(), "-naive="+strconv.FormatBool(o.naive),
+				"-pool", strconv.Itoa(o.pool), "-sweep", strconv.Itoa(o.sweep), "-sweep-plugins", strconv.Itoa(o.sweepPlugins))
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err = cmd.Run(); err == nil {
+				break
+			}
+			step("run %s failed (attempt %d of 2): %v", key, attempt+1, err)
+		}
+		if err != nil {
+			failedRuns = append(failedRuns, fmt.Sprintf("%s (%v; its log is above this report on stderr)", key, err))
+			continue
 		}
 		data, err := os.ReadFile(file)
 		if err != nil {
@@ -169,6 +181,9 @@ func runEach(o options) error {
 		}
 	}
 	report := render(o, rows, orch, io, sweep)
+	for _, f := range failedRuns {
+		report += "\nFailed twice, so missing from the tables: " + f + "\n"
+	}
 	fmt.Print(report)
 	if o.out != "" {
 		return os.WriteFile(o.out, []byte(report), 0o644)
