@@ -305,21 +305,29 @@ func (a *Access) closeIdle(now time.Time) {
 		used time.Time
 	}
 	var idle []idleConn
+	var drop []*conn
 	a.mu.Lock()
-	for _, c := range a.conns {
+	for k, c := range a.conns {
 		select {
 		case <-c.ready:
 		default:
 			continue // still dialling
 		}
 		c.mu.Lock()
-		if c.users == 0 && !c.broken && c.err == nil { // a failed dial is its callers' to evict
+		switch {
+		case c.users > 0 || c.broken:
+		case c.err != nil:
+			// A failed dial whose callers all left before it ended: out
+			// at once, and never counted as idle.
+			c.broken = true
+			delete(a.conns, k)
+			drop = append(drop, c)
+		default:
 			idle = append(idle, idleConn{c, c.lastUsed})
 		}
 		c.mu.Unlock()
 	}
 	slices.SortFunc(idle, func(x, y idleConn) int { return x.used.Compare(y.used) })
-	var drop []*conn
 	for i, ic := range idle {
 		if len(idle)-i <= a.cfg.MaxIdle && now.Sub(ic.used) < a.cfg.IdleTimeout {
 			break
