@@ -414,12 +414,11 @@ func TestDialOverlapsLookUpAndKeyPush(t *testing.T) {
 	require.ErrorAs(t, err, &ue, "the look-up's error, not the push's")
 }
 
-// A sweep touches every box of the fleet once: the connections it leaves
-// idle must not pile up for the idle timeout. Past MaxIdle, the connection
-// idle longest is closed at once; the ones used last stay.
-func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
-	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 2 })
-	boxes := []*fleet.Box{e.box}
+// fourBoxes is e's box and three more like it, each box's target, and the
+// connections open on each, in that order.
+func (e *env) fourBoxes(t *testing.T) (boxes []*fleet.Box, target func(*fleet.Box) reconcile.Box, open func() []int) {
+	t.Helper()
+	boxes = []*fleet.Box{e.box}
 	for range 3 {
 		b, err := e.fleet.AddBox(fleet.BoxSpec{BootInstalled: map[string][]byte{
 			"github-tools": packPlugin(t, "github-tools", "1.2.0", map[string]string{"bin/gh": "#!/bin/sh\n"}),
@@ -427,19 +426,28 @@ func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
 		require.NoError(t, err)
 		boxes = append(boxes, b)
 	}
-	target := func(b *fleet.Box) reconcile.Box {
+	target = func(b *fleet.Box) reconcile.Box {
 		return reconcile.Box{InstanceID: b.InstanceID, OSUser: e.fleet.User(), HostKey: b.HostKey, PluginRoot: b.PluginRoot}
 	}
-	for _, b := range boxes {
-		_, err := e.ops.ReadManifest(ctx(t), target(b), "github-tools")
-		require.NoError(t, err)
-	}
-	open := func() []int {
+	open = func() []int {
 		var n []int
 		for _, b := range boxes {
 			n = append(n, b.OpenConnections())
 		}
 		return n
+	}
+	return boxes, target, open
+}
+
+// A sweep touches every box of the fleet once: the connections it leaves
+// idle must not pile up for the idle timeout. Past MaxIdle, the connection
+// idle longest is closed at once; the ones used last stay.
+func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
+	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 2 })
+	boxes, target, open := e.fourBoxes(t)
+	for _, b := range boxes {
+		_, err := e.ops.ReadManifest(ctx(t), target(b), "github-tools")
+		require.NoError(t, err)
 	}
 	var last []int
 	require.Eventually(t, func() bool { last = open(); return slices.Equal(last, []int{0, 0, 1, 1}) }, 5*time.Second, 10*time.Millisecond,
@@ -455,17 +463,7 @@ func TestIdleConnectionsBeyondMaxIdleAreClosed(t *testing.T) {
 // many others go idle meanwhile; once released, it is the one kept.
 func TestConnectionInUseOutlivesMaxIdle(t *testing.T) {
 	e := newEnv(t, eic.Direct, func(c *eic.Config) { c.MaxIdle = 1 })
-	boxes := []*fleet.Box{e.box}
-	for range 3 {
-		b, err := e.fleet.AddBox(fleet.BoxSpec{BootInstalled: map[string][]byte{
-			"github-tools": packPlugin(t, "github-tools", "1.2.0", map[string]string{"bin/gh": "#!/bin/sh\n"}),
-		}})
-		require.NoError(t, err)
-		boxes = append(boxes, b)
-	}
-	target := func(b *fleet.Box) reconcile.Box {
-		return reconcile.Box{InstanceID: b.InstanceID, OSUser: e.fleet.User(), HostKey: b.HostKey, PluginRoot: b.PluginRoot}
-	}
+	boxes, target, open := e.fourBoxes(t)
 	type ran struct {
 		out []byte
 		err error
@@ -483,13 +481,6 @@ func TestConnectionInUseOutlivesMaxIdle(t *testing.T) {
 	r := <-long
 	require.NoError(t, r.err, "the connection in use was not closed under it")
 	require.Equal(t, "done\n", string(r.out))
-	open := func() []int {
-		var n []int
-		for _, b := range boxes {
-			n = append(n, b.OpenConnections())
-		}
-		return n
-	}
 	var last []int
 	require.Eventually(t, func() bool { last = open(); return slices.Equal(last, []int{1, 0, 0, 0}) }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, []int{1, 0, 0, 0}, last, "the one released last is kept")

@@ -66,6 +66,10 @@ func (b *bench) runSweep(ctx context.Context) error {
 
 	step("sweep: starting %d boxes × %d plugins, one in %d lacking one", r.Workspaces, r.Plugins, sweepDrift)
 	t0 := time.Now()
+	decl := make([]reconcile.Plugin, len(plugins))
+	for j, p := range plugins {
+		decl[j] = reconcile.Plugin{Name: p.Name, Version: p.Version}
+	}
 	boxes := make([]*fleet.Box, r.Workspaces)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
@@ -85,10 +89,6 @@ func (b *bench) runSweep(ctx context.Context) error {
 			ws := fmt.Sprintf("sweep-%05d", i)
 			if err := b.st.UpsertWorkspace(gctx, store.Workspace{Box: box.Workspace(ws)}); err != nil {
 				return err
-			}
-			decl := make([]reconcile.Plugin, len(plugins))
-			for j, p := range plugins {
-				decl[j] = reconcile.Plugin{Name: p.Name, Version: p.Version}
 			}
 			// As the provisioning trigger leaves it: declared, never reconciled.
 			if _, _, err := b.st.Declare(gctx, reconcile.DeclareInput{WorkspaceID: ws, Plugins: decl}, "bench-provision", ""); err != nil {
