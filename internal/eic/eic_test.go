@@ -506,3 +506,68 @@ func TestFailedDialDoesNotCloseAnIdleConnection(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, e.box.Logins())
 }
+
+// slowFailingLookUp holds the first DescribeInstances of its instance until
+// fail is closed and then fails it; every later call goes through.
+type slowFailingLookUp struct {
+	eic.EC2API
+	instance string
+	fail     <-chan struct{}
+	failed   chan struct{}
+	once     *sync.Once
+}
+
+func (s slowFailingLookUp) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	first := false
+	if slices.Contains(in.InstanceIds, s.instance) {
+		s.once.Do(func() { first = true })
+	}
+	if !first {
+		return s.EC2API.DescribeInstances(ctx, in, opts...)
+	}
+	<-s.fail
+	defer close(s.failed)
+	return nil, errors.New("look-up failed after its caller left")
+}
+
+// A dial that fails after every caller waiting on it has left is taken out
+// of the pool at the next idle pass: the next caller for that box dials
+// afresh instead of getting the old dial's error.
+func TestFailedDialNobodyWaitsForIsNotReused(t *testing.T) {
+	f := fleettest.New(t)
+	var boxes []*fleet.Box
+	for range 2 {
+		b, err := f.AddBox(fleet.BoxSpec{BootInstalled: map[string][]byte{
+			"github-tools": packPlugin(t, "github-tools", "1.2.0", map[string]string{"bin/gh": "#!/bin/sh\n"}),
+		}})
+		require.NoError(t, err)
+		boxes = append(boxes, b)
+	}
+	healthy, flaky := boxes[0], boxes[1]
+	fail, failed := make(chan struct{}), make(chan struct{})
+	e := newEnvOn(t, f, healthy, eic.Direct, func(c *eic.Config) {
+		c.EC2 = slowFailingLookUp{EC2API: c.EC2, instance: flaky.InstanceID, fail: fail, failed: failed, once: &sync.Once{}}
+	})
+	flakyTarget := e.target
+	flakyTarget.InstanceID, flakyTarget.HostKey, flakyTarget.PluginRoot = flaky.InstanceID, flaky.HostKey, flaky.PluginRoot
+
+	left, cancel := context.WithTimeout(ctx(t), 200*time.Millisecond)
+	defer cancel()
+	_, _, err := e.access.Run(left, flakyTarget, "true", nil, 1<<10)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the only caller left while its dial was in progress")
+	close(fail)
+	<-failed
+
+	// Each healthy operation's release runs an idle pass; once one has run
+	// after the failed dial ended, only the healthy connection is held.
+	require.Eventually(t, func() bool {
+		_, err := e.ops.ReadManifest(ctx(t), e.target, "github-tools")
+		require.NoError(t, err)
+		return e.access.Stats().Open == 1
+	}, 5*time.Second, 20*time.Millisecond, "the failed dial is out of the pool")
+
+	_, err = e.ops.ReadManifest(ctx(t), flakyTarget, "github-tools")
+	require.NoError(t, err, "a new dial, not the old dial's error")
+	require.Equal(t, 1, flaky.Logins())
+	require.Equal(t, 1, healthy.Logins(), "the healthy connection was kept throughout")
+}
