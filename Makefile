@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 GO    ?= go
 PKGS  := ./...
+# Run again under the race detector in make test: every package whose tests
+# start no Temporal server (a race build of the server would take minutes).
+RACE_PKGS := ./activities/ ./workflows/ ./internal/bundle/... ./internal/catalog/ ./internal/eic/ \
+	./internal/fleet/... ./internal/onbox/ ./internal/reconcile/ ./internal/store/
 
 .DEFAULT_GOAL := help
 DEMO_FLAGS ?=
@@ -25,7 +29,8 @@ deps: ## install what the tests and the demo need (openssh-server, curl; the box
 	  echo "installing postgresql-15"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; }
 
-test: deps lint ## run every test: lint, unit, integration, end to end (starts what they need)
+test: deps lint ## run every test: lint, unit, integration, end to end (starts what they need); the packages below the Temporal server also under the race detector
+	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 45m $(PKGS)
 
 test-faults: deps ## run the full fault suite (20 worker-crash trials, 200 interleaving schedules) and write docs/faults.md

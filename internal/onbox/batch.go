@@ -140,7 +140,8 @@ func (b *batcher[Req, Ans]) runBatch(key string, box *batchBox[Req, Ans], bt *ba
 		defer func() { <-box.turn }()
 	case <-ctx.Done():
 	}
-	ctx, stopTimer := context.WithTimeout(ctx, b.timeout) // the command's own time
+	// A new variable, not ctx reassigned: the goroutine above reads ctx.
+	cmdCtx, stopTimer := context.WithTimeout(ctx, b.timeout) // the command's own time
 	defer stopTimer()
 	b.o.mu.Lock()
 	if box.open[batchKey(bt.t)] == bt {
@@ -170,12 +171,12 @@ func (b *batcher[Req, Ans]) runBatch(key string, box *batchBox[Req, Ans], bt *ba
 	switch {
 	case dialErr != nil:
 		bt.err = dialErr
-	case ctx.Err() != nil:
-		bt.err = fmt.Errorf("%s on %s: %w", b.what, bt.t.InstanceID, ctx.Err())
+	case cmdCtx.Err() != nil:
+		bt.err = fmt.Errorf("%s on %s: %w", b.what, bt.t.InstanceID, cmdCtx.Err())
 	case len(reqs) == 0:
 	default:
 		var answers []Ans
-		answers, bt.err = b.run(ctx, bt.t, reqs, sent)
+		answers, bt.err = b.run(cmdCtx, bt.t, reqs, sent)
 		if bt.err == nil && len(answers) != len(reqs) {
 			bt.err = fmt.Errorf("%s on %s: %d answers for %d requests", b.what, bt.t.InstanceID, len(answers), len(reqs))
 		}
