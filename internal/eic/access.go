@@ -47,7 +47,11 @@ type Access struct {
 	commands   atomic.Int64
 
 	stop chan struct{}
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // the reaper and every shared dial with its watcher
+	// dials is cancelled by Close: a dial in progress ends rather than
+	// holding Close for its timeout.
+	dials       context.Context
+	cancelDials context.CancelFunc
 }
 
 // New creates box access. Close it to drop its connections.
@@ -56,6 +60,7 @@ func New(cfg Config) (*Access, error) {
 		return nil, err
 	}
 	a := &Access{cfg: cfg, conns: map[string]*conn{}, pinned: map[string]ssh.PublicKey{}, stop: make(chan struct{})}
+	a.dials, a.cancelDials = context.WithCancel(context.Background())
 	a.wg.Add(1)
 	go a.reapIdle()
 	return a, nil
@@ -71,6 +76,7 @@ func (a *Access) Close() error {
 	default:
 	}
 	close(a.stop)
+	a.cancelDials()
 	a.mu.Unlock()
 	a.wg.Wait()
 	a.mu.Lock()
@@ -171,8 +177,17 @@ func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), e
 		}
 	}
 	if c == nil {
+		select {
+		case <-a.stop:
+			a.mu.Unlock()
+			return nil, nil, fmt.Errorf("connect to %s: box access is closed", t.InstanceID)
+		default:
+		}
 		c = &conn{key: key, ready: make(chan struct{}), slots: make(chan struct{}, a.cfg.MaxSessions)}
 		a.conns[key] = c
+		// Counted under a.mu with stop checked, so Close's Wait never
+		// meets an Add.
+		a.wg.Add(1)
 		go a.dialShared(t, c)
 	}
 	// Counted while a.mu is held, so the idle reaper never closes a
@@ -219,20 +234,18 @@ func (a *Access) Warm(ctx context.Context, t reconcile.Box) error {
 // dialShared dials on behalf of every caller waiting on c. It is not bound
 // to the first caller's context: a cancelled caller must not fail the others.
 func (a *Access) dialShared(t reconcile.Box, c *conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
-	defer cancel()
+	defer a.wg.Done()
+	ctx, cancel := context.WithTimeout(a.dials, a.cfg.DialTimeout)
 	c.client, c.err = a.dial(ctx, t)
+	cancel()
 	close(c.ready)
-	if c.err != nil {
-		return
+	if c.err == nil {
+		a.watch(c)
 	}
-	a.wg.Add(1)
-	go a.watch(c)
 }
 
 // watch keeps a connection alive and evicts it when it dies.
 func (a *Access) watch(c *conn) {
-	defer a.wg.Done()
 	dead := make(chan struct{})
 	go func() { _ = c.client.Wait(); close(dead) }()
 	tick := time.NewTicker(a.cfg.KeepAlive)

@@ -571,3 +571,46 @@ func TestFailedDialNobodyWaitsForIsNotReused(t *testing.T) {
 	require.Equal(t, 1, flaky.Logins())
 	require.Equal(t, 1, healthy.Logins(), "the healthy connection was kept throughout")
 }
+
+// heldLookUp holds every DescribeInstances until its context ends; entered
+// is closed when the first one starts.
+type heldLookUp struct {
+	eic.EC2API
+	entered chan struct{}
+	once    *sync.Once
+}
+
+func (h heldLookUp) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	h.once.Do(func() { close(h.entered) })
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Close ends a dial in progress rather than waiting out its timeout (a
+// worker shutting down would otherwise hang for it), and no connection
+// outlives it.
+func TestCloseEndsADialInProgress(t *testing.T) {
+	entered := make(chan struct{})
+	e := newEnv(t, eic.Direct, func(c *eic.Config) {
+		c.EC2 = heldLookUp{EC2API: c.EC2, entered: entered, once: &sync.Once{}}
+		c.DialTimeout = time.Minute
+	})
+	left, cancel := context.WithCancel(ctx(t))
+	ran := make(chan error, 1)
+	go func() { _, _, err := e.access.Run(left, e.target, "true", nil, 1<<10); ran <- err }()
+	<-entered
+	cancel()
+	require.ErrorIs(t, <-ran, context.Canceled)
+
+	closed := make(chan error, 1)
+	go func() { closed <- e.access.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the dial in progress")
+	}
+	require.Equal(t, 0, e.box.OpenConnections())
+	_, _, err := e.access.Run(ctx(t), e.target, "true", nil, 1<<10)
+	require.Error(t, err, "closed access opens no new connection")
+}
