@@ -155,6 +155,11 @@ func connKey(t reconcile.Box) string { return t.Region + "/" + t.InstanceID + "/
 // release function the caller must call when its session is done.
 func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), error) {
 	if a.cfg.DialPerOperation {
+		select {
+		case <-a.stop:
+			return nil, nil, fmt.Errorf("connect to %s: box access is closed", t.InstanceID)
+		default:
+		}
 		c := &conn{ready: make(chan struct{}), slots: make(chan struct{}, 1)}
 		c.client, c.err = a.dial(ctx, t)
 		close(c.ready)
@@ -475,12 +480,25 @@ func (a *Access) dial(ctx context.Context, t reconcile.Box) (*ssh.Client, error)
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
+	// The handshake does not watch ctx: a deadline in the past ends it
+	// when ctx ends (Close, or a box that took the connection and went
+	// quiet).
+	unwatch := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	cc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if !unwatch() && err == nil {
+		// ctx ended as the handshake finished: the past deadline may be
+		// set on the new connection, so it is not handed out.
+		_ = cc.Close()
+		return nil, fmt.Errorf("ssh handshake with %s (%s): %w", t.InstanceID, addr, ctx.Err())
+	}
 	if err != nil {
 		nc.Close()
 		var mismatch *HostKeyMismatchError
 		if errors.As(err, &mismatch) {
 			return nil, mismatch
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
 		return nil, fmt.Errorf("ssh handshake with %s (%s): %w", t.InstanceID, addr, err)
 	}

@@ -587,30 +587,46 @@ func (h heldLookUp) DescribeInstances(ctx context.Context, in *ec2.DescribeInsta
 }
 
 // Close ends a dial in progress rather than waiting out its timeout (a
-// worker shutting down would otherwise hang for it), and no connection
-// outlives it.
+// worker shutting down would otherwise hang for it), whether the dial waits
+// on AWS or on a box that took the TCP connection and went quiet, and no
+// connection outlives it.
 func TestCloseEndsADialInProgress(t *testing.T) {
-	entered := make(chan struct{})
-	e := newEnv(t, eic.Direct, func(c *eic.Config) {
-		c.EC2 = heldLookUp{EC2API: c.EC2, entered: entered, once: &sync.Once{}}
-		c.DialTimeout = time.Minute
-	})
-	left, cancel := context.WithCancel(ctx(t))
-	ran := make(chan error, 1)
-	go func() { _, _, err := e.access.Run(left, e.target, "true", nil, 1<<10); ran <- err }()
-	<-entered
-	cancel()
-	require.ErrorIs(t, <-ran, context.Canceled)
+	for _, stage := range []string{"look-up", "handshake"} {
+		t.Run(stage, func(t *testing.T) {
+			t.Parallel()
+			entered := make(chan struct{})
+			e := newEnv(t, eic.Direct, func(c *eic.Config) {
+				if stage == "look-up" {
+					c.EC2 = heldLookUp{EC2API: c.EC2, entered: entered, once: &sync.Once{}}
+				}
+				c.DialTimeout = time.Minute
+			})
+			if stage == "handshake" {
+				e.box.Freeze(true)
+				t.Cleanup(func() { e.box.Freeze(false) })
+			}
+			left, cancel := context.WithCancel(ctx(t))
+			ran := make(chan error, 1)
+			go func() { _, _, err := e.access.Run(left, e.target, "true", nil, 1<<10); ran <- err }()
+			if stage == "handshake" {
+				require.Eventually(t, func() bool { return e.box.OpenConnections() == 1 }, 10*time.Second, 10*time.Millisecond, "the TCP connection is up")
+			} else {
+				<-entered
+			}
+			cancel()
+			require.ErrorIs(t, <-ran, context.Canceled)
 
-	closed := make(chan error, 1)
-	go func() { closed <- e.access.Close() }()
-	select {
-	case err := <-closed:
-		require.NoError(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close waited for the dial in progress")
+			closed := make(chan error, 1)
+			go func() { closed <- e.access.Close() }()
+			select {
+			case err := <-closed:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close waited for the dial in progress")
+			}
+			require.Eventually(t, func() bool { return e.box.OpenConnections() == 0 }, 5*time.Second, 10*time.Millisecond)
+			_, _, err := e.access.Run(ctx(t), e.target, "true", nil, 1<<10)
+			require.Error(t, err, "closed access opens no new connection")
+		})
 	}
-	require.Equal(t, 0, e.box.OpenConnections())
-	_, _, err := e.access.Run(ctx(t), e.target, "true", nil, 1<<10)
-	require.Error(t, err, "closed access opens no new connection")
 }
