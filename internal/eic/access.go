@@ -149,16 +149,24 @@ func (c *conn) markBroken() {
 	}
 }
 
+// closedErr is the error for a dial asked of a closed Access, nil if open.
+func (a *Access) closedErr(t reconcile.Box) error {
+	select {
+	case <-a.stop:
+		return fmt.Errorf("connect to %s: box access is closed", t.InstanceID)
+	default:
+		return nil
+	}
+}
+
 func connKey(t reconcile.Box) string { return t.Region + "/" + t.InstanceID + "/" + t.OSUser }
 
 // acquire returns a connection to t, dialling one if none is usable, and a
 // release function the caller must call when its session is done.
 func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), error) {
 	if a.cfg.DialPerOperation {
-		select {
-		case <-a.stop:
-			return nil, nil, fmt.Errorf("connect to %s: box access is closed", t.InstanceID)
-		default:
+		if err := a.closedErr(t); err != nil {
+			return nil, nil, err
 		}
 		c := &conn{ready: make(chan struct{}), slots: make(chan struct{}, 1)}
 		c.client, c.err = a.dial(ctx, t)
@@ -182,11 +190,9 @@ func (a *Access) acquire(ctx context.Context, t reconcile.Box) (*conn, func(), e
 		}
 	}
 	if c == nil {
-		select {
-		case <-a.stop:
+		if err := a.closedErr(t); err != nil {
 			a.mu.Unlock()
-			return nil, nil, fmt.Errorf("connect to %s: box access is closed", t.InstanceID)
-		default:
+			return nil, nil, err
 		}
 		c = &conn{key: key, ready: make(chan struct{}), slots: make(chan struct{}, a.cfg.MaxSessions)}
 		a.conns[key] = c

@@ -507,27 +507,39 @@ func TestFailedDialDoesNotCloseAnIdleConnection(t *testing.T) {
 	require.Equal(t, 1, e.box.Logins())
 }
 
-// slowFailingLookUp holds the first DescribeInstances of its instance until
-// fail is closed and then fails it; every later call goes through.
-type slowFailingLookUp struct {
+// heldLookUp holds the first DescribeInstances of its instance (of any,
+// if instance is empty) until release is closed or its context ends, and
+// then fails it; every other call goes through. entered is closed when the
+// held call starts, failed when it has returned.
+type heldLookUp struct {
 	eic.EC2API
-	instance string
-	fail     <-chan struct{}
-	failed   chan struct{}
-	once     *sync.Once
+	instance        string
+	release         <-chan struct{}
+	entered, failed chan struct{}
+	once            *sync.Once
 }
 
-func (s slowFailingLookUp) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
-	first := false
-	if slices.Contains(in.InstanceIds, s.instance) {
-		s.once.Do(func() { first = true })
+func newHeldLookUp(api eic.EC2API, instance string, release <-chan struct{}) heldLookUp {
+	return heldLookUp{EC2API: api, instance: instance, release: release,
+		entered: make(chan struct{}), failed: make(chan struct{}), once: &sync.Once{}}
+}
+
+func (h heldLookUp) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	held := false
+	if h.instance == "" || slices.Contains(in.InstanceIds, h.instance) {
+		h.once.Do(func() { held = true })
 	}
-	if !first {
-		return s.EC2API.DescribeInstances(ctx, in, opts...)
+	if !held {
+		return h.EC2API.DescribeInstances(ctx, in, opts...)
 	}
-	<-s.fail
-	defer close(s.failed)
-	return nil, errors.New("look-up failed after its caller left")
+	close(h.entered)
+	defer close(h.failed)
+	select {
+	case <-h.release:
+		return nil, errors.New("look-up failed after its caller left")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // A dial that fails after every caller waiting on it has left is taken out
@@ -544,9 +556,11 @@ func TestFailedDialNobodyWaitsForIsNotReused(t *testing.T) {
 		boxes = append(boxes, b)
 	}
 	healthy, flaky := boxes[0], boxes[1]
-	fail, failed := make(chan struct{}), make(chan struct{})
+	fail := make(chan struct{})
+	var lookUp heldLookUp
 	e := newEnvOn(t, f, healthy, eic.Direct, func(c *eic.Config) {
-		c.EC2 = slowFailingLookUp{EC2API: c.EC2, instance: flaky.InstanceID, fail: fail, failed: failed, once: &sync.Once{}}
+		lookUp = newHeldLookUp(c.EC2, flaky.InstanceID, fail)
+		c.EC2 = lookUp
 	})
 	flakyTarget := e.target
 	flakyTarget.InstanceID, flakyTarget.HostKey, flakyTarget.PluginRoot = flaky.InstanceID, flaky.HostKey, flaky.PluginRoot
@@ -556,7 +570,7 @@ func TestFailedDialNobodyWaitsForIsNotReused(t *testing.T) {
 	_, _, err := e.access.Run(left, flakyTarget, "true", nil, 1<<10)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "the only caller left while its dial was in progress")
 	close(fail)
-	<-failed
+	<-lookUp.failed
 
 	// Each healthy operation's release runs an idle pass; once one has run
 	// after the failed dial ended, only the healthy connection is held.
@@ -572,20 +586,6 @@ func TestFailedDialNobodyWaitsForIsNotReused(t *testing.T) {
 	require.Equal(t, 1, healthy.Logins(), "the healthy connection was kept throughout")
 }
 
-// heldLookUp holds every DescribeInstances until its context ends; entered
-// is closed when the first one starts.
-type heldLookUp struct {
-	eic.EC2API
-	entered chan struct{}
-	once    *sync.Once
-}
-
-func (h heldLookUp) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
-	h.once.Do(func() { close(h.entered) })
-	<-ctx.Done()
-	return nil, ctx.Err()
-}
-
 // Close ends a dial in progress rather than waiting out its timeout (a
 // worker shutting down would otherwise hang for it), whether the dial waits
 // on AWS or on a box that took the TCP connection and went quiet, and no
@@ -594,10 +594,11 @@ func TestCloseEndsADialInProgress(t *testing.T) {
 	for _, stage := range []string{"look-up", "handshake"} {
 		t.Run(stage, func(t *testing.T) {
 			t.Parallel()
-			entered := make(chan struct{})
+			var lookUp heldLookUp
 			e := newEnv(t, eic.Direct, func(c *eic.Config) {
 				if stage == "look-up" {
-					c.EC2 = heldLookUp{EC2API: c.EC2, entered: entered, once: &sync.Once{}}
+					lookUp = newHeldLookUp(c.EC2, "", nil) // held until the dial's context ends
+					c.EC2 = lookUp
 				}
 				c.DialTimeout = time.Minute
 			})
@@ -611,7 +612,7 @@ func TestCloseEndsADialInProgress(t *testing.T) {
 			if stage == "handshake" {
 				require.Eventually(t, func() bool { return e.box.OpenConnections() == 1 }, 10*time.Second, 10*time.Millisecond, "the TCP connection is up")
 			} else {
-				<-entered
+				<-lookUp.entered
 			}
 			cancel()
 			require.ErrorIs(t, <-ran, context.Canceled)
