@@ -10,9 +10,10 @@ RACE_PKGS := ./activities/ ./workflows/ ./internal/bundle/... ./internal/catalog
 .DEFAULT_GOAL := help
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
+FUZZTIME ?= 10m
 STATICCHECK := v0.8.2
 
-.PHONY: help deps test test-short test-faults lint demo worker bench
+.PHONY: help deps test test-short test-faults fuzz lint demo worker bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +36,9 @@ test: deps lint ## run every test: lint, unit, integration, end to end (starts w
 
 test-faults: deps ## run the full fault suite (20 worker-crash trials, 200 interleaving schedules) and write docs/faults.md
 	FAULTS_TRIALS=20 CHECKER_SCHEDULES=200 CHECKER_LANES=2 FAULTS_REPORT=$(CURDIR)/docs/faults.md $(GO) test -count=1 -timeout 180m -v ./internal/faults/
+
+fuzz: ## fuzz the bundle check against the box's tar for FUZZTIME (default 10m); make test runs its corpus
+	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) ./internal/bundle/
 
 test-short: ## run the tests that start no external processes
 	$(GO) test -count=1 -short $(PKGS)

@@ -161,12 +161,20 @@ func Check(data []byte) (reconcile.Manifest, error) {
 	return info.Manifest, err
 }
 
+// DigestFile is the file the install writes into a plugin's directory
+// after unpacking it: the bundle's digest. A bundle may not hold it.
+const DigestFile = ".bundle-digest"
+
 // Inspect reads a whole bundle and returns its manifest if the bundle is safe
 // to unpack into a plugin directory: a gzip'd tar of regular files,
-// directories and symlinks, every path relative and inside, no link leaving
-// the directory, no entry written through a symlink, no duplicates, no
-// device files, no set-id bits, no data after the archive, sizes that hold,
-// and a plugin.yaml at the top that parses.
+// directories and symlinks, every path relative and inside, no duplicates,
+// no device files, no set-id bits, no data after the archive, sizes that
+// hold, nothing named like the file the reconciler writes (DigestFile), and
+// a plugin.yaml at the top that parses. Links are resolved against the
+// archive's own entries, as the kernel will resolve them once unpacked
+// (see checkTree): nothing is written through a link or under a file, and a
+// symlink must resolve inside the plugin without passing through another
+// symlink.
 func Inspect(data []byte) (Info, error) {
 	var m Info
 	br := bytes.NewReader(data)
@@ -176,7 +184,7 @@ func Inspect(data []byte) (Info, error) {
 	}
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
-	seen := map[string]byte{} // clean path -> type flag
+	tree := map[string]treeEntry{} // clean path -> what it is
 	var total int64
 	var manifest []byte
 	for n := 0; ; n++ {
@@ -194,13 +202,14 @@ func Inspect(data []byte) (Info, error) {
 		if err != nil {
 			return m, err
 		}
-		if _, dup := seen[name]; dup {
+		if _, dup := tree[name]; dup {
 			return m, reject("duplicate entry %q", name)
 		}
-		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
-			if seen[dir] == tar.TypeSymlink {
-				return m, reject("entry %q is written through symlink %q", name, dir)
-			}
+		if name == DigestFile {
+			return m, reject("entry %q is the reconciler's own file", name)
+		}
+		if hdr.Typeflag != tar.TypeDir && strings.HasSuffix(hdr.Name, "/") {
+			return m, reject("entry %q ends in a slash but is not a directory", hdr.Name)
 		}
 		if hdr.Mode&(0o4000|0o2000) != 0 {
 			return m, reject("entry %q has a set-id bit", name)
@@ -228,24 +237,24 @@ func Inspect(data []byte) (Info, error) {
 			}
 		case tar.TypeDir:
 		case tar.TypeSymlink:
+			if hdr.Linkname == "" || strings.ContainsRune(hdr.Linkname, 0) {
+				return m, reject("symlink %q has no target", name)
+			}
 			if path.IsAbs(hdr.Linkname) {
 				return m, reject("symlink %q points to absolute path %q", name, hdr.Linkname)
-			}
-			if t := path.Join(path.Dir(name), hdr.Linkname); t == ".." || strings.HasPrefix(t, "../") {
-				return m, reject("symlink %q points outside the plugin: %q", name, hdr.Linkname)
 			}
 		case tar.TypeLink:
 			target, err := entryPath(hdr.Linkname)
 			if err != nil {
 				return m, reject("hard link %q points outside the plugin: %q", name, hdr.Linkname)
 			}
-			if seen[target] != tar.TypeReg {
+			if tree[target].kind != tar.TypeReg {
 				return m, reject("hard link %q must point to an earlier file, not %q", name, hdr.Linkname)
 			}
 		default:
 			return m, reject("entry %q has type %q: only files, directories and links are allowed", name, hdr.Typeflag)
 		}
-		seen[name] = hdr.Typeflag
+		tree[name] = treeEntry{kind: hdr.Typeflag, link: hdr.Linkname}
 	}
 	// After the archive's end there may only be tar's zero padding.
 	if _, err := io.Copy(io.Discard, zeroCheck{zr}); err != nil {
@@ -256,7 +265,10 @@ func Inspect(data []byte) (Info, error) {
 	if br.Len() != 0 {
 		return m, reject("%d bytes after the gzip stream", br.Len())
 	}
-	if seen[reconcile.ManifestFile] != tar.TypeReg {
+	if err := checkTree(tree); err != nil {
+		return m, err
+	}
+	if tree[reconcile.ManifestFile].kind != tar.TypeReg {
 		return m, reject("no regular file %s at the top", reconcile.ManifestFile)
 	}
 	m.Manifest, err = reconcile.ParseManifest(manifest)
@@ -265,6 +277,82 @@ func Inspect(data []byte) (Info, error) {
 	}
 	m.ManifestDigest = Digest(manifest)
 	return m, nil
+}
+
+// treeEntry is one archive entry as checkTree sees it.
+type treeEntry struct {
+	kind byte   // tar type flag
+	link string // a symlink's target
+}
+
+// checkTree judges the tree the archive unpacks to, whatever the order of
+// its entries: every entry's parents are directories (none is a file or a
+// symlink, so nothing is written through a link, and a link never replaces
+// a directory that holds entries), and every symlink resolves, the way the
+// kernel resolves it, to a path inside the plugin without passing through
+// another symlink of the archive (so no chain of lexically harmless links
+// leaves the plugin, and no link points at a link).
+func checkTree(tree map[string]treeEntry) error {
+	names := make([]string, 0, len(tree))
+	for name := range tree {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the first failure is the same every time
+	for _, name := range names {
+		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
+			if e, ok := tree[dir]; ok && e.kind != tar.TypeDir {
+				what := "a file"
+				if e.kind == tar.TypeSymlink {
+					what = "a symlink"
+				}
+				return reject("entry %q is written through %q, which is %s", name, dir, what)
+			}
+		}
+	}
+	for _, name := range names {
+		e := tree[name]
+		if e.kind != tar.TypeSymlink {
+			continue
+		}
+		if err := resolveLink(tree, name, e.link); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resolveLink walks symlink name's target one component at a time from the
+// link's directory, as the kernel does, and refuses a walk that leaves the
+// plugin or meets a symlink (or a file with more to walk) of the archive.
+func resolveLink(tree map[string]treeEntry, name, target string) error {
+	var at []string // the walk's position, components from the plugin's top
+	if d := path.Dir(name); d != "." {
+		at = strings.Split(d, "/")
+	}
+	parts := strings.Split(target, "/")
+	for i, part := range parts {
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			if len(at) == 0 {
+				return reject("symlink %q points outside the plugin: %q", name, target)
+			}
+			at = at[:len(at)-1]
+			continue
+		}
+		at = append(at, part)
+		here := strings.Join(at, "/")
+		e, ok := tree[here]
+		switch {
+		case !ok:
+		case e.kind == tar.TypeSymlink:
+			return reject("symlink %q resolves through another symlink, %q: links to links are refused", name, here)
+		case e.kind != tar.TypeDir && i < len(parts)-1:
+			return reject("symlink %q resolves through %q, which is a file", name, here)
+		}
+	}
+	return nil
 }
 
 // entryPath normalises an entry name and refuses names that leave the

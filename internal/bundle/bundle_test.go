@@ -85,7 +85,7 @@ func TestCheckRejects(t *testing.T) {
 		{"absolute path", build(t, []entry{ok, file("/etc/cron.d/evil", "x")}, nil, nil), "absolute path"},
 		{"symlink absolute", build(t, []entry{ok, {tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, ""}}, nil, nil), "absolute path"},
 		{"symlink outside", build(t, []entry{ok, {tar.Header{Name: "a/l", Typeflag: tar.TypeSymlink, Linkname: "../../x"}, ""}}, nil, nil), "outside"},
-		{"write through symlink", build(t, []entry{ok, {tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "sub"}, ""}, file("l/x", "x")}, nil, nil), "through symlink"},
+		{"write through symlink", build(t, []entry{ok, {tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "sub"}, ""}, file("l/x", "x")}, nil, nil), "written through \"l\", which is a symlink"},
 		{"hard link outside", build(t, []entry{ok, {tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"}, ""}}, nil, nil), "hard link"},
 		{"hard link absolute", build(t, []entry{ok, {tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}, ""}}, nil, nil), "hard link"},
 		{"char device", build(t, []entry{ok, {tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}, ""}}, nil, nil), "only files"},

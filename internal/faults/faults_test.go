@@ -7,7 +7,6 @@
 package faults
 
 import (
-	"archive/tar"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
@@ -273,15 +272,10 @@ func TestBadManifestsAreRedelivered(t *testing.T) {
 
 func TestMaliciousBundlesAreRefusedBeforeWriting(t *testing.T) {
 	h := newHarness(t)
-	bundles := map[string][]byte{
-		"evil-dotdot":   bundletest.Raw(t, "evil-dotdot", tar.Header{Name: "../../../tmp/pwned", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}),
-		"evil-absolute": bundletest.Raw(t, "evil-absolute", tar.Header{Name: "/etc/cron.d/pwned", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}),
-		"evil-symlink":  bundletest.Raw(t, "evil-symlink", tar.Header{Name: "etc", Typeflag: tar.TypeSymlink, Linkname: "/etc"}),
-		"evil-hardlink": bundletest.Raw(t, "evil-hardlink", tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}),
-		"evil-device":   bundletest.Raw(t, "evil-device", tar.Header{Name: "mem", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 1}),
+	bundles := map[string][]byte{}
+	for _, shape := range bundletest.Hostile {
+		bundles["evil-"+shape.Name] = shape.Bundle(t, "evil-"+shape.Name)
 	}
-	lying := bundletest.Raw(t, "evil-lying", tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4096})
-	bundles["evil-lying"] = lying[:len(lying)-24] // the stream ends before the entry does
 	var plugins []workflows.Plugin
 	for name, data := range bundles {
 		require.NoError(t, os.MkdirAll(filepath.Join(h.catDir, name), 0o755))

@@ -77,7 +77,7 @@ func TestInstallFailedBeforeItsSwapOwesNoRestart(t *testing.T) {
 	b := h.box("no-swap", all("mcp-postgres"))
 	// The plugin's install lock cannot be opened: every install attempt
 	// fails before it touches the plugin's directory.
-	require.NoError(t, os.Mkdir(filepath.Join(b.PluginRoot, ".mcp-postgres.lock"), 0o755))
+	require.NoError(t, os.Mkdir(filepath.Join(b.PluginRoot, ".lock+mcp-postgres"), 0o755))
 	h.start("no-swap", declared)
 	res, err := h.wait("no-swap", 5*time.Minute)
 	require.ErrorContains(t, err, "mcp-postgres")

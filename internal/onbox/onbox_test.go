@@ -1,7 +1,6 @@
 package onbox_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -124,21 +123,10 @@ func TestConcurrentManifestReadsAreBatchedWithTheSameAnswers(t *testing.T) {
 func TestInstallRejectsUnsafeBundlesBeforeWriting(t *testing.T) {
 	e := newEnv(t, eic.Direct, nil)
 	before := fleettest.Listing(t, e.Box.PluginRoot)
-	lying := bundletest.Raw(t, "evil", tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10})
-	lying = lying[:len(lying)-20] // cut: the archive claims more than it holds
-	cases := map[string][]byte{
-		"dot-dot":          bundletest.Raw(t, "evil", tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}),
-		"absolute":         bundletest.Raw(t, "evil", tar.Header{Name: "/tmp/escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}),
-		"symlink out":      bundletest.Raw(t, "evil", tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}),
-		"symlink relative": bundletest.Raw(t, "evil", tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "../../.."}),
-		"hard link out":    bundletest.Raw(t, "evil", tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}),
-		"device":           bundletest.Raw(t, "evil", tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}),
-		"lying size":       lying,
-	}
-	for desc, data := range cases {
-		_, err := e.Ops.Install(ctx(t), e.Target, "evil", "1.0.0", data, nil)
+	for _, shape := range bundletest.Hostile {
+		_, err := e.Ops.Install(ctx(t), e.Target, "evil", "1.0.0", shape.Bundle(t, "evil"), nil)
 		var be *bundle.PluginError
-		require.ErrorAs(t, err, &be, desc)
+		require.ErrorAs(t, err, &be, shape.Name)
 	}
 	// The manifest must name the plugin and the version being installed.
 	_, err := e.Ops.Install(ctx(t), e.Target, "github-tools", "1", fleettest.PackPlugin(t, "other", "1", nil), nil)
@@ -177,7 +165,7 @@ func TestInstallIsAtomicAndIdempotent(t *testing.T) {
 		require.Equal(t, st1.ModTime(), st2.ModTime())
 		require.True(t, os.SameFile(st1, st2))
 
-		require.ElementsMatch(t, []string{".", "github-tools", ".github-tools.lock", ".reconciler"}, topLevel(t, e.Box.PluginRoot))
+		require.ElementsMatch(t, []string{".", "github-tools", ".lock+github-tools", ".reconciler"}, topLevel(t, e.Box.PluginRoot))
 
 		// A manifest edited on the box is repaired, though the bundle's
 		// digest file still matches.
@@ -383,7 +371,7 @@ func TestRemoveIsAtomicJournaledAndStaysInTheRoot(t *testing.T) {
 	events, err := e.Box.Events()
 	require.NoError(t, err)
 	require.Equal(t, []fleet.EventKind{fleet.Removal}, kinds(events), "the symlink is not a plugin directory: one removal recorded")
-	require.ElementsMatch(t, []string{".", ".github-tools.lock", ".linked.lock", ".reconciler"}, topLevel(t, e.Box.PluginRoot))
+	require.ElementsMatch(t, []string{".", ".lock+github-tools", ".lock+linked", ".reconciler"}, topLevel(t, e.Box.PluginRoot))
 }
 
 func kinds(events []fleet.Event) []fleet.EventKind {
@@ -403,7 +391,7 @@ func TestConcurrentInstallsShareACommandAndFailAlone(t *testing.T) {
 	_, err := e.Ops.ReadManifest(ctx(t), e.Target, "github-tools") // dial first
 	require.NoError(t, err)
 	// "broken" cannot take its lock on the box.
-	require.NoError(t, os.MkdirAll(filepath.Join(e.Box.PluginRoot, ".broken.lock"), 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(e.Box.PluginRoot, ".lock+broken"), 0o755))
 	noise := make([]byte, 1<<20)
 	_, _ = rand.Read(noise)
 	first := fleettest.PackPlugin(t, "first", "1.0.0", map[string]string{"blob": string(noise)})
@@ -469,7 +457,7 @@ func TestConcurrentInstallsShareACommandAndFailAlone(t *testing.T) {
 	require.NotContains(t, journal, "broken")
 	require.NotContains(t, journal, "gone")
 	for _, name := range topLevel(t, e.Box.PluginRoot) {
-		require.False(t, strings.HasPrefix(name, ".batch-") || strings.HasPrefix(name, ".staging-"), "left behind: %s", name)
+		require.False(t, strings.HasPrefix(name, ".batch-") || strings.HasPrefix(name, ".stage+"), "left behind: %s", name)
 	}
 }
 

@@ -129,6 +129,26 @@ func (e *MissingManifestError) Error() string {
 // Is makes a missing manifest ErrNotFound.
 func (e *MissingManifestError) Is(target error) bool { return target == ErrNotFound }
 
+// Paths are where one plugin's files go on a box: its directory, and
+// beside it the staging directory and file of an install, the previous
+// version kept during a swap, the directory a removal renames aside, and
+// the lock that serialises the plugin's changes.
+type Paths struct {
+	Dir, Stage, StageFile, Previous, Aside, Lock string
+}
+
+// PathsOf is where plugin name's files go on box (name is valid). Every
+// path but the directory is a dot-name with a '+', which no plugin name
+// holds, so no plugin's paths are another's: "x"'s staging file is never
+// "x.tgz"'s staging directory, nor any plugin's lock a staging path.
+func PathsOf(box reconcile.Box, name string) Paths {
+	r := box.PluginRoot + "/"
+	return Paths{
+		Dir: r + name, Stage: r + ".stage+" + name, StageFile: r + ".stage+" + name + "+tgz",
+		Previous: r + ".previous+" + name, Aside: r + ".removing+" + name, Lock: r + ".lock+" + name,
+	}
+}
+
 func pluginDir(t reconcile.Box, name string) (string, error) {
 	if err := reconcile.ValidateName(name); err != nil {
 		return "", err
@@ -170,60 +190,90 @@ func (o *Ops) ReadManifest(ctx context.Context, t reconcile.Box, name string) ([
 // that keeps swaps and restarts apart, and the last restart token applied.
 func stateDir(t reconcile.Box) string { return t.PluginRoot + "/.reconciler" }
 
-// installScript unpacks a bundle read from stdin into <root>/<name> (the
-// variables root, name, want, wantm and size come from its environment):
-// receive into a staging file beside the target, check its size and digest,
-// unpack into a staging directory, then swap it in with two renames, keeping
-// the previous version until the swap has succeeded. A cut transfer fails
-// the size check; the EXIT trap removes the staging files on every exit
-// (signals are turned into exits, and SIGPIPE from a closed channel into
-// write errors, so that the trap runs). A lock per plugin serialises
-// concurrent installs of one plugin.
+// purgeFunc is the shell function purge: it removes whatever a path holds,
+// never following a link there and whatever the modes inside it (a
+// prebuilt bundle's read-only directories, a killed install's leftovers),
+// and fails only if the path is still there.
+const purgeFunc = `purge() {
+  if [ -L "$1" ]; then rm -f -- "$1"
+  elif [ -e "$1" ]; then chmod -R u+rwX -- "$1" 2>/dev/null || :; rm -rf -- "$1"
+  fi
+  [ ! -e "$1" ] && [ ! -L "$1" ]
+}
+`
+
+// pathEnv is the environment that gives a box script a plugin's paths
+// (PathsOf): dst, stage, stagefile, old, aside, lock.
+func pathEnv(p Paths) string {
+	return fmt.Sprintf("dst=%s stage=%s stagefile=%s old=%s aside=%s lock=%s",
+		quote(p.Dir), quote(p.Stage), quote(p.StageFile), quote(p.Previous), quote(p.Aside), quote(p.Lock))
+}
+
+// installScript unpacks a bundle read from stdin into the plugin's
+// directory (the variables root, name, want, wantm, size and the plugin's
+// paths come from its environment, see pathEnv): receive into a staging
+// file beside the target, check its size and digest, unpack into a staging
+// directory, make every directory there the owner's to write (a prebuilt
+// bundle's may be read-only) and write the bundle's digest into it without
+// following anything there (noclobber), then swap it in with two renames,
+// keeping the previous version until the swap has succeeded. A cut
+// transfer fails the size check; the EXIT trap removes the staging files on
+// every exit (signals are turned into exits, and SIGPIPE from a closed
+// channel into write errors, so that the trap runs). A lock per plugin
+// serialises concurrent changes of one plugin. Whatever is at the plugin's
+// path, a directory or a link (dangling or not), is renamed aside, never
+// followed.
 //
 // The swap itself is the restart protocol's step (2): it runs under the
 // box lock, shared with other swaps and exclusive against a restart, with
 // signals ignored, and is journaled with the runtime's identity just before
 // and just after the renames, so that a swap and a restart never interleave
-// and a swap always leaves the line that owes its restart (an install that
-// died between the two renames is completed by the next one, under the
-// same lines). It prints the identity it sealed the swap with.
-const installScript = `set -eu
+// and a swap always leaves the line that owes its restart. An install that
+// died between the two renames left the previous version aside and no
+// plugin directory: the next change puts it back first, journaled. What
+// could make the swap fail after its first journal line (a previous
+// version left aside that cannot be removed) is cleared before it. It
+// prints the identity it sealed the swap with.
+const installScript = `set -euC
 umask 022
-dst="$root/$name" stage="$root/.staging-$name" old="$root/.previous-$name" state="$root/.reconciler"
-mkdir -p "$root" "$state"
-exec 9>"$root/.$name.lock"
+` + purgeFunc + `mkdir -p "$root" "$state"
+exec 9>>"$lock"
 flock 9
-trap 'rm -rf "$stage" "$stage.tgz"' EXIT
+trap 'purge "$stage" || :; purge "$stagefile" || :' EXIT
 trap 'exit 70' HUP INT TERM
 trap '' PIPE
 # Under the plugin's lock: an attempt that ran meanwhile may have installed
 # this very bundle.
-if [ -d "$dst" ] && [ ! -L "$dst" ] && [ -f "$dst/.bundle-digest" ] && [ -f "$dst/plugin.yaml" ] && [ ! -L "$dst/plugin.yaml" ] \
+if [ -d "$dst" ] && [ ! -L "$dst" ] && [ -f "$dst/.bundle-digest" ] && [ ! -L "$dst/.bundle-digest" ] && [ -f "$dst/plugin.yaml" ] && [ ! -L "$dst/plugin.yaml" ] \
   && [ "$(head -c 100 "$dst/.bundle-digest")" = "$want" ]; then
   m=$(sha256sum <"$dst/plugin.yaml"); m="sha256:${m%%%% *}"
   if [ "$m" = "$wantm" ]; then cat >/dev/null; echo unchanged; exit 0; fi
 fi
-rm -rf "$stage" "$stage.tgz"
-head -c "$size" >"$stage.tgz"
-got=$(wc -c <"$stage.tgz")
+purge "$stage"; purge "$stagefile"
+head -c "$size" >"$stagefile"
+got=$(wc -c <"$stagefile")
 if [ "$got" -ne "$size" ]; then echo "transfer cut short: $got of $size bytes" >&2; exit 65; fi
-sum=$(sha256sum "$stage.tgz"); sum="sha256:${sum%%%% *}"
+sum=$(sha256sum "$stagefile"); sum="sha256:${sum%%%% *}"
 if [ "$sum" != "$want" ]; then echo "digest mismatch: got $sum" >&2; exit 66; fi
 mkdir "$stage"
-tar -xzf "$stage.tgz" -C "$stage" --no-same-owner --no-same-permissions
+tar -xzf "$stagefile" -C "$stage" --no-same-owner --no-same-permissions
+chmod -R u+rwX "$stage"
 printf '%%s\n' "$want" >"$stage/.bundle-digest"
 ident() { sh -c %s </dev/null 2>/dev/null 8>&- 9>&- | head -n 1; }
-exec 8>"$state/lock"
+exec 8>>"$state/lock"
 flock -s 8
 trap '' HUP INT TERM
 id=$(ident)
 if [ -z "$id" ]; then echo "cannot read the runtime identity" >&2; exit 68; fi
+if [ ! -e "$dst" ] && [ ! -L "$dst" ] && [ -d "$old" ] && [ ! -L "$old" ]; then
+  printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
+  mv -T -- "$old" "$dst"
+fi
+if ! purge "$old"; then echo "cannot remove $old" >&2; exit 72; fi
 printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
-if [ ! -e "$dst" ] && [ -d "$old" ]; then mv "$old" "$dst"; fi
-rm -rf "$old"
-if [ -e "$dst" ]; then mv "$dst" "$old"; fi
-if ! mv "$stage" "$dst"; then
-  if [ -d "$old" ]; then mv "$old" "$dst"; fi
+if [ -e "$dst" ] || [ -L "$dst" ]; then mv -T -- "$dst" "$old"; fi
+if ! mv -T -- "$stage" "$dst"; then
+  if [ -d "$old" ] && [ ! -L "$old" ]; then mv -T -- "$old" "$dst"; fi
   echo "swap failed" >&2; exit 67
 fi
 # Sealed with the identity after the swap; if it cannot be read, with the
@@ -232,7 +282,7 @@ after=$(ident) || after=
 [ -n "$after" ] && id=$after
 printf '%%s %%s\n' "$name" "$id" >>"$state/journal"
 flock -u 8
-rm -rf "$old"
+purge "$old" || :
 echo "installed $id"
 `
 
@@ -350,7 +400,7 @@ const installsAtOnce = 4
 
 // installBatchLine installs bundle i of a batch, beside the others (at
 // most installsAtOnce at a time), and keeps its answer.
-const installBatchLine = `(out=$(root="$root" name=%[2]s want=%[3]s wantm=%[4]s size=%[5]d sh -c "$s" <"$b/%[1]d" 2>"$b/%[1]d.err"); st=$?; answer %[1]d %[2]s) &
+const installBatchLine = `(out=$(root="$root" state="$root/.reconciler" name=%[2]s want=%[3]s wantm=%[4]s size=%[5]d %[6]s sh -c "$s" <"$b/%[1]d" 2>"$b/%[1]d.err"); st=$?; answer %[1]d %[2]s) &
 `
 
 // installBatchTail waits for a batch's installs and answers for each in
@@ -380,7 +430,7 @@ func (o *Ops) installBundles(ctx context.Context, t reconcile.Box, reqs []instal
 		if _, err := tw.Write(r.data); err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(&script, installBatchLine, i, quote(r.name), quote(r.digest), quote(r.manifestDigest), len(r.data))
+		fmt.Fprintf(&script, installBatchLine, i, quote(r.name), quote(r.digest), quote(r.manifestDigest), len(r.data), pathEnv(PathsOf(t, r.name)))
 		if (i+1)%installsAtOnce == 0 {
 			script.WriteString("wait\n")
 		}

@@ -18,7 +18,9 @@ import (
 
 	"github.com/plugin-reconciler/plugin-reconciler/internal/catalog"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/fakeaws"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/onbox"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/pgcluster"
+	"github.com/plugin-reconciler/plugin-reconciler/internal/reconcile"
 	"github.com/plugin-reconciler/plugin-reconciler/internal/service/servicetest"
 	"github.com/plugin-reconciler/plugin-reconciler/workflows"
 )
@@ -291,7 +293,7 @@ func TestCancelDuringADelivery(t *testing.T) {
 
 	run, err := workflows.Start(ctx(t), s.Client, workflows.ReconcileInput{WorkspaceID: "ws-cancel", Plugins: plugins})
 	require.NoError(t, err)
-	staging := filepath.Join(box.PluginRoot, ".staging-big-model.tgz")
+	staging := onbox.PathsOf(reconcile.Box{PluginRoot: box.PluginRoot}, "big-model").StageFile
 	require.Eventually(t, func() bool { _, err := os.Stat(staging); return err == nil }, time.Minute, 20*time.Millisecond, "the delivery never started")
 	require.NoError(t, s.Client.CancelWorkflow(ctx(t), run.GetID(), run.GetRunID()))
 
